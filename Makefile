@@ -1,0 +1,49 @@
+# Every target sets up what it needs first, so each works on a fresh clone.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export PYTHONPATH := $(CURDIR)/lambda:$(CURDIR)
+
+.PHONY: setup synth test unit lint integration prefect-venvs dry-run clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Main job: synthesize the stack from the example config in cdk.json and summarize it (no AWS account needed).
+synth: setup
+	cdk synth --quiet
+	$(PY) -m infra.summary cdk.out
+
+## Everything CI runs: lint, type check, unit and infra tests, then the real-Prefect integration suite.
+test: lint unit integration
+
+unit: setup
+	$(PY) -m pytest -m "not integration"
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+prefect-venvs:
+	bash scripts/install-prefect.sh 2 .venvs/prefect2
+	bash scripts/install-prefect.sh 3 .venvs/prefect3
+
+integration: setup prefect-venvs
+	$(PY) -m pytest -m integration
+
+## One publisher run against any Prefect API, printing what would be published: make dry-run ARGS="--api-url http://127.0.0.1:4200/api"
+dry-run: setup
+	$(PY) -m prefect_backlog.dry_run $(ARGS)
+
+clean:
+	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""CDK entry point: validate the context once, then build the stack from the result."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "lambda"))  # the shared config schema lives there
+
+import aws_cdk as cdk
+
+from infra.stack import PrefectAutoscalerStack
+from prefect_backlog.config import ConfigError, parse_config
+
+
+def main() -> None:
+    app = cdk.App()
+    try:
+        config = parse_config(app.node.get_all_context())
+    except ConfigError as error:
+        print(f"Configuration error (cdk.json context or -c options): {error}", file=sys.stderr)
+        sys.exit(1)
+    PrefectAutoscalerStack(
+        app, config.stack_name, config=config,
+        env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
+                            region=os.environ.get("CDK_DEFAULT_REGION")))
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CDK constructs and the stack: one construct per concern (publisher, scaling)."""

@@ -1,0 +1,80 @@
+"""Builds the Lambda package at synth time, without Docker.
+
+Dependencies are installed with pip for the Lambda's platform (arm64,
+manylinux wheels only) into a cache keyed by the requirements file, so only the
+first synth on a machine pays for pip. The package directory is keyed by the
+hash of everything in it, so CDK's asset hash changes exactly when the code,
+the dependencies or the configuration change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect_backlog.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAMBDA_DIR = REPO_ROOT / "lambda"
+SOURCE_PACKAGE = LAMBDA_DIR / "prefect_backlog"
+REQUIREMENTS = LAMBDA_DIR / "requirements.txt"
+BUILD_DIR = REPO_ROOT / ".build"
+CONFIG_FILE_NAME = "publisher_config.json"
+PYTHON_VERSION = "3.13"
+PLATFORM = "manylinux2014_aarch64"
+
+
+def _digest(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def _source_files() -> list[Path]:
+    return sorted(p for p in SOURCE_PACKAGE.rglob("*.py"))
+
+
+def install_dependencies() -> Path:
+    """pip-install lambda/requirements.txt for the Lambda platform, once per requirements content."""
+    target = BUILD_DIR / f"deps-{_digest(REQUIREMENTS.read_bytes(), PLATFORM.encode(), PYTHON_VERSION.encode())}"
+    if (target / ".complete").exists():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+               "--target", str(partial), "--platform", PLATFORM, "--implementation", "cp",
+               "--python-version", PYTHON_VERSION, "--only-binary=:all:", "-r", str(REQUIREMENTS)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"installing the Lambda's dependencies failed:\n{result.stderr.strip()}")
+    (partial / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def build_package(config: Config) -> Path:
+    """A directory holding the handler package, its dependencies and the canonical configuration."""
+    dependencies = install_dependencies()
+    config_json = json.dumps(config.to_context(), indent=1, sort_keys=True).encode()
+    sources = _source_files()
+    key = _digest(dependencies.name.encode(), config_json,
+                  *[str(p.relative_to(LAMBDA_DIR)).encode() + p.read_bytes() for p in sources])
+    package = BUILD_DIR / f"package-{key}"
+    if package.exists():
+        return package
+    staging = package.with_name(package.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(dependencies, staging, ignore=shutil.ignore_patterns(".complete", "bin", "__pycache__"))
+    for source in sources:
+        destination = staging / source.relative_to(LAMBDA_DIR)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    (staging / "prefect_backlog" / CONFIG_FILE_NAME).write_bytes(config_json)
+    staging.rename(package)
+    return package

@@ -1,0 +1,108 @@
+"""The backlog publisher: the Lambda, its schedule, its logs and its least-privilege role."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as targets
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from prefect_backlog.config import Config
+
+HANDLER = "prefect_backlog.handler.lambda_handler"
+RUNTIME = lambda_.Runtime.PYTHON_3_13
+# AWS publishes the current Powertools layer for each runtime and architecture here.
+POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/arm64/python3.13/latest"
+TIMEOUT = Duration.seconds(50)  # below the 1-minute schedule so runs never overlap
+MEMORY_MB = 256
+
+
+class Publisher(Construct):
+    """Runs the publisher on a schedule. Exposes ``function`` for the monitoring construct."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config, package_dir: Path) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+
+        self.log_group = logs.LogGroup(self, "Logs", removal_policy=RemovalPolicy.DESTROY)
+        # RetentionDays is an enum of names; the config holds the day count CloudFormation takes.
+        cfn_log_group = self.log_group.node.default_child
+        assert isinstance(cfn_log_group, logs.CfnLogGroup)
+        cfn_log_group.retention_in_days = config.log_retention_days
+        # A role of our own instead of the managed AWSLambdaBasicExecutionRole, whose log
+        # permissions cover every log group in the account.
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                             description="Prefect backlog publisher: read ECS and a secret, write metrics")
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[self.log_group.log_group_arn, f"{self.log_group.log_group_arn}:*"]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["cloudwatch:PutMetricData"], resources=["*"],  # PutMetricData has no resource-level scoping
+            conditions={"StringEquals": {"cloudwatch:namespace": config.namespace}}))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["ecs:DescribeServices"],
+            resources=[stack.format_arn(service="ecs", resource="service", resource_name=f"{s.cluster}/{s.service}")
+                       for s in config.services]))
+
+        powertools = lambda_.LayerVersion.from_layer_version_arn(
+            self, "Powertools", ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER))
+        self.function = lambda_.Function(
+            self, "Function",
+            description="Publishes Prefect work-queue backlog metrics for ECS autoscaling",
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=HANDLER,
+            code=lambda_.Code.from_asset(str(package_dir)),
+            layers=[powertools],
+            role=self.role,
+            timeout=TIMEOUT,
+            memory_size=MEMORY_MB,
+            log_group=self.log_group,
+            tracing=lambda_.Tracing.ACTIVE,
+            # One run at a time, no retries, no stale runs: a late sample is worse than none.
+            reserved_concurrent_executions=1,
+            retry_attempts=0,
+            max_event_age=Duration.seconds(60),
+            environment={
+                "POWERTOOLS_SERVICE_NAME": "prefect-backlog-publisher",
+                "POWERTOOLS_LOG_LEVEL": "INFO",
+            },
+        )
+        if config.network is not None:
+            self._attach_to_subnets(config)
+        if config.auth is not None:
+            self.secret = self._secret(config.auth.secret)
+            self.secret.grant_read(self.function)
+
+        self.schedule = scheduler.Schedule(
+            self, "Schedule",
+            description=f"Samples the Prefect backlog for {config.stack_name}",
+            schedule=scheduler.ScheduleExpression.expression(config.schedule),
+            target=targets.LambdaInvoke(self.function, retry_attempts=0, max_event_age=Duration.seconds(60)),
+        )
+
+    def _secret(self, name_or_arn: str) -> secretsmanager.ISecret:
+        if name_or_arn.startswith("arn:"):
+            return secretsmanager.Secret.from_secret_complete_arn(self, "PrefectAuth", name_or_arn)
+        return secretsmanager.Secret.from_secret_name_v2(self, "PrefectAuth", name_or_arn)
+
+    def _attach_to_subnets(self, config: Config) -> None:
+        """Place the function in the user's subnets without a VPC lookup (synth stays offline)."""
+        assert config.network is not None
+        cfn_function = self.function.node.default_child
+        assert isinstance(cfn_function, lambda_.CfnFunction)
+        cfn_function.vpc_config = lambda_.CfnFunction.VpcConfigProperty(
+            subnet_ids=list(config.network.subnet_ids),
+            security_group_ids=list(config.network.security_group_ids))
+        # ENI management has no resource-level scoping for Create/Describe; AWS documents "*".
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+                     "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"],
+            resources=["*"]))

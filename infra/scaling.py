@@ -1,0 +1,84 @@
+"""Application Auto Scaling for one existing ECS service, driven by the published backlog.
+
+Two policies work together (when several fire, the larger capacity wins):
+
+* target tracking on ``BacklogPerTask`` keeps demand / running tasks at the
+  target; it owns scale-in, which it only does after ~15 quiet minutes and
+  never on missing data (the publisher sends nothing when a read fails);
+* a step policy on ``TaskShortfall`` that only ever scales *out*: target
+  tracking cannot leave 0 tasks (its proportional math gives 0 * anything)
+  and needs 3 datapoints, while the shortfall alarm fires on one datapoint and
+  adds exactly the missing tasks. It has no lower alarm, so it never fights
+  target tracking on scale-in.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Aws, Duration
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from prefect_backlog import metrics
+from prefect_backlog.config import ServiceConfig
+
+ECS_SCALING_ROLE = ("role/aws-service-role/ecs.application-autoscaling.amazonaws.com/"
+                    "AWSServiceRoleForApplicationAutoScaling_ECSService")
+SCALE_OUT_COOLDOWN = Duration.seconds(60)
+SCALE_IN_COOLDOWN = Duration.seconds(300)
+MAX_STEP_INTERVALS = 40  # Application Auto Scaling's limit per step policy
+PERIOD = Duration.minutes(1)
+
+
+def service_metric(namespace: str, service: ServiceConfig, metric: metrics.MetricDef, statistic: str,
+                   period: Duration = PERIOD) -> cloudwatch.Metric:
+    return cloudwatch.Metric(namespace=namespace, metric_name=metric.name, statistic=statistic, period=period,
+                             dimensions_map=metrics.service_dimensions(service.cluster, service.service))
+
+
+def shortfall_steps(max_capacity: int) -> list[appscaling.ScalingInterval]:
+    """Add exactly the missing tasks: shortfall k -> +k, up to the policy's interval limit.
+
+    The first interval (change 0 below 1) makes CDK create no lower alarm.
+    """
+    exact = min(max_capacity, MAX_STEP_INTERVALS - 1)
+    steps = [appscaling.ScalingInterval(upper=1, change=0)]
+    for missing in range(1, exact):
+        steps.append(appscaling.ScalingInterval(lower=missing, upper=missing + 1, change=missing))
+    steps.append(appscaling.ScalingInterval(lower=exact, change=exact))
+    return steps
+
+
+class ServiceScaling(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, service: ServiceConfig, namespace: str) -> None:
+        super().__init__(scope, construct_id)
+        self.target = appscaling.ScalableTarget(
+            self, "Target",
+            service_namespace=appscaling.ServiceNamespace.ECS,
+            resource_id=service.resource_id,
+            scalable_dimension="ecs:service:DesiredCount",
+            min_capacity=service.min_capacity,
+            max_capacity=service.max_capacity,
+            # The service-linked role exists in every account that uses ECS scaling;
+            # without this CDK would create a new, broader role.
+            role=iam.Role.from_role_arn(self, "ServiceLinkedRole",
+                                        f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:{ECS_SCALING_ROLE}",
+                                        mutable=False),
+        )
+        self.target_tracking = self.target.scale_to_track_metric(
+            "BacklogPerTaskTracking",
+            target_value=service.target_backlog_per_task,
+            custom_metric=service_metric(namespace, service, metrics.BACKLOG_PER_TASK, "Average"),
+            scale_out_cooldown=SCALE_OUT_COOLDOWN,
+            scale_in_cooldown=SCALE_IN_COOLDOWN,
+        )
+        self.step_scaling = self.target.scale_on_metric(
+            "ShortfallScaleOut",
+            metric=service_metric(namespace, service, metrics.TASK_SHORTFALL, "Maximum"),
+            scaling_steps=shortfall_steps(service.max_capacity),
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            cooldown=SCALE_OUT_COOLDOWN,
+            evaluation_periods=1,
+            datapoints_to_alarm=1,
+        )

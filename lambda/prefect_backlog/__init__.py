@@ -1,0 +1,1 @@
+"""Publishes Prefect work-queue backlogs as CloudWatch metrics for ECS autoscaling."""

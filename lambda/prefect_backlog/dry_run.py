@@ -1,0 +1,147 @@
+"""Run one publisher tick locally against any Prefect API and print what would be published.
+
+    PYTHONPATH=lambda python -m prefect_backlog.dry_run [--context cdk.json] [--api-url URL] [--json]
+
+Needs no AWS credentials: nothing is sent to CloudWatch, and ECS task counts
+are taken as given by ``--running-tasks`` (default 0, the scale-from-zero
+case) unless ``--ecs`` asks the real ECS API. Credentials for a protected
+Prefect API come from the same variables the Prefect client uses:
+PREFECT_API_KEY (bearer) or PREFECT_API_AUTH_STRING (``user:pass``, basic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect_backlog.config import ConfigError, parse_config
+from prefect_backlog.prefect_client import PrefectClient, authorization_header
+from prefect_backlog.tick import TickReport, metric_data, run_tick
+
+CREDENTIAL_VARIABLES = {"bearer": "PREFECT_API_KEY", "basic": "PREFECT_API_AUTH_STRING"}
+
+
+class AssumedTaskCounts:
+    """Stands in for the ECS client: every service reports the same assumed task counts."""
+
+    def __init__(self, running: int) -> None:
+        self.running = running
+
+    def describe_services(self, cluster: str, services: Sequence[str]) -> dict[str, Any]:
+        return {"services": [{"serviceName": s, "status": "ACTIVE", "runningCount": self.running,
+                              "desiredCount": self.running} for s in services]}
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return "-" if value is None else str(value)
+
+
+def render(report: TickReport, running_note: str) -> str:
+    queue_rows: list[list[Any]] = []
+    for q in report.queues:
+        b = q.backlog
+        where = f"{q.resolved.pool}/{q.resolved.name}" if q.resolved else q.config.label
+        if b is None:
+            queue_rows.append([where, "", "", "", "", "", "", "", f"NOT READ: {q.error}"])
+        else:
+            queue_rows.append([where, b.late, b.due, b.pending, b.running, b.oldest_late_age_seconds,
+                               "yes" if b.paused else "no", q.demand, ""])
+    service_rows: list[list[Any]] = []
+    for s in report.services:
+        sig = s.signal
+        name = f"{s.config.cluster}/{s.config.service}"
+        if sig is None:
+            service_rows.append([name, s.demand, "", "", "", "", f"NOT PUBLISHED: {s.error}"])
+        else:
+            service_rows.append([name, sig.demand, sig.running_tasks, sig.desired_tasks, sig.backlog_per_task,
+                                 sig.task_shortfall, ""])
+    summary = report.summary()
+    return "\n\n".join([
+        _table(["queue", "Late", "Due", "Pending", "Running", "OldestLate(s)", "paused", "demand", "note"],
+               queue_rows),
+        _table(["ECS service", "Demand", "Running", "Desired", "BacklogPerTask", "TaskShortfall", "note"],
+               service_rows),
+        f"{running_note}\n{summary['queuesRead']} queues read, {summary['queueReadErrors']} failed, "
+        f"{summary['prefectRequests']} Prefect requests, {summary['durationMs']} ms",
+    ])
+
+
+def as_json(report: TickReport, publisher: str, now: datetime) -> str:
+    return json.dumps({
+        "summary": report.summary(),
+        "errors": [q.error for q in report.queues if q.error] + [s.error for s in report.services if s.error],
+        "metricData": [d.to_aws(now, 60) | {"Timestamp": now.isoformat()} for d in metric_data(report, publisher)],
+    }, indent=2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dry_run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--context", type=Path, default=Path("cdk.json"),
+                        help="a cdk.json whose context holds the configuration (default: ./cdk.json)")
+    parser.add_argument("--api-url", help="override prefectApiUrl, e.g. http://127.0.0.1:4200/api")
+    parser.add_argument("--queues", help="override queues with a JSON list, as `cdk -c queues=...` takes")
+    parser.add_argument("--running-tasks", type=int, default=0,
+                        help="running/desired tasks to assume for every ECS service (default 0)")
+    parser.add_argument("--ecs", action="store_true", help="read task counts from ECS (needs AWS credentials)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+    parser.add_argument("--timeout", type=float, default=40.0, help="seconds the whole read may take")
+    args = parser.parse_args(argv)
+
+    try:
+        context = dict(json.loads(args.context.read_text()).get("context", {}))
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {args.context}: {exc}", file=sys.stderr)
+        return 2
+    if args.api_url:
+        context["prefectApiUrl"] = args.api_url
+    if args.queues:
+        context["queues"] = args.queues
+    try:
+        config = parse_config(context)
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    authorization = None
+    if config.auth is not None:
+        variable = CREDENTIAL_VARIABLES[config.auth.scheme]
+        if not os.environ.get(variable):
+            print(f"prefectAuth is configured: set {variable} to the credential", file=sys.stderr)
+            return 2
+        authorization = authorization_header(config.auth.scheme, os.environ[variable])
+
+    if args.ecs:
+        import boto3  # only when asked: the dry run must work without AWS libraries configured
+
+        ecs: Any = boto3.client("ecs")
+        note = "Task counts read from ECS."
+    else:
+        ecs = AssumedTaskCounts(args.running_tasks)
+        note = f"Task counts assumed: {args.running_tasks} running and desired per service (no AWS call made)."
+
+    now = datetime.now(UTC)
+    client = PrefectClient(config.api_url, authorization=authorization, deadline=time.monotonic() + args.timeout)
+    report = run_tick(config, client, ecs=ecs, cloudwatch=None, now=now)
+    print(as_json(report, config.stack_name, now) if args.json else render(report, note))
+    return 1 if report.whole_failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Lambda entry point: wires configuration, credentials and AWS clients into one tick.
+
+The configuration is the canonical form the stack wrote into the package
+(``publisher_config.json``), parsed by the same code that validated it at synth
+time. It travels in the package, not in an environment variable, because
+Lambda caps all environment variables at 4 KB and hundreds of queues exceed it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from prefect_backlog.config import Config, parse_config
+from prefect_backlog.prefect_client import PrefectClient, authorization_header
+from prefect_backlog.tick import run_tick
+
+CONFIG_FILE = Path(os.environ.get("PUBLISHER_CONFIG_FILE", Path(__file__).with_name("publisher_config.json")))
+SECRET_MAX_AGE_SECONDS = 300
+# Left for publishing after the Prefect reads, so a slow API can never eat the whole timeout.
+PUBLISH_RESERVE_SECONDS = 8.0
+
+logger = Logger()
+tracer = Tracer()
+copy_config_to_registered_loggers(source_logger=logger, include={"prefect_backlog"})
+
+
+class PublisherFailed(RuntimeError):
+    """Nothing could be read: raised so the invocation shows as failed (Lambda Errors metric)."""
+
+
+def load_config(path: Path = CONFIG_FILE) -> Config:
+    return parse_config(json.loads(path.read_text()))
+
+
+def authorization(config: Config) -> str | None:
+    if config.auth is None:
+        return None
+    secret = parameters.get_secret(config.auth.secret, max_age=SECRET_MAX_AGE_SECONDS)
+    return authorization_header(config.auth.scheme, str(secret).strip())
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    config = load_config()
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - PUBLISH_RESERVE_SECONDS
+    client = PrefectClient(config.api_url, authorization=authorization(config), deadline=deadline)
+    report = run_tick(config, client, ecs=boto3.client("ecs"), cloudwatch=boto3.client("cloudwatch"),
+                      now=datetime.now(UTC))
+    summary = report.summary()
+    logger.info("published", extra=summary)
+    if report.whole_failure:
+        raise PublisherFailed(report.whole_failure)
+    return summary

@@ -1,0 +1,76 @@
+"""Metric names, units and dimensions: defined once for the publisher, the policies and the alarms.
+
+The Lambda publishes with these names and the CDK constructs build scaling
+policies, alarms and the dashboard from the same definitions, so renaming a
+metric cannot silently leave a policy watching a metric nobody publishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Unit(StrEnum):
+    COUNT = "Count"
+    SECONDS = "Seconds"
+    MILLISECONDS = "Milliseconds"
+    NONE = "None"
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    unit: Unit
+    description: str
+
+
+# Per work queue; dimensions WorkPool and WorkQueue.
+LATE_FLOW_RUNS = MetricDef("LateFlowRuns", Unit.COUNT, "Flow runs in state Late")
+DUE_FLOW_RUNS = MetricDef(
+    "DueFlowRuns", Unit.COUNT,
+    "Flow runs due but not claimed: Late plus Scheduled/AwaitingRetry whose start time has passed")
+PENDING_FLOW_RUNS = MetricDef("PendingFlowRuns", Unit.COUNT, "Flow runs claimed by a worker, not yet running")
+RUNNING_FLOW_RUNS = MetricDef("RunningFlowRuns", Unit.COUNT, "Flow runs running")
+OLDEST_LATE_RUN_AGE = MetricDef(
+    "OldestLateRunAgeSeconds", Unit.SECONDS, "Seconds since the oldest Late run was due (0 when none is Late)")
+QUEUE_PAUSED = MetricDef("QueuePaused", Unit.NONE, "1 when the queue or its pool is paused, else 0")
+QUEUE_METRICS = (LATE_FLOW_RUNS, DUE_FLOW_RUNS, PENDING_FLOW_RUNS, RUNNING_FLOW_RUNS, OLDEST_LATE_RUN_AGE,
+                 QUEUE_PAUSED)
+
+# Per ECS service; dimensions ClusterName and ServiceName (the names AWS/ECS uses).
+BACKLOG_PER_TASK = MetricDef(
+    "BacklogPerTask", Unit.NONE,
+    "Scaling signal for target tracking: demand / max(running tasks, 1)")
+DEMAND_FLOW_RUNS = MetricDef(
+    "DemandFlowRuns", Unit.COUNT,
+    "Flow runs that need this service's tasks: due runs of unpaused queues, plus in-flight runs "
+    "where runs execute inside the worker task")
+TASK_SHORTFALL = MetricDef(
+    "TaskShortfall", Unit.COUNT,
+    "Tasks missing for the demand: ceil(demand / target backlog per task) - desired tasks, capped at the "
+    "service's maximum, never negative; drives the step policy that scales out of 0 and answers bursts")
+RUNNING_TASKS = MetricDef("RunningTasks", Unit.COUNT, "Running tasks of the service (ECS DescribeServices)")
+DESIRED_TASKS = MetricDef("DesiredTasks", Unit.COUNT, "Desired tasks of the service (ECS DescribeServices)")
+SERVICE_METRICS = (BACKLOG_PER_TASK, DEMAND_FLOW_RUNS, TASK_SHORTFALL, RUNNING_TASKS, DESIRED_TASKS)
+
+# Per publisher (one per stack); dimension Publisher.
+QUEUES_READ = MetricDef("QueuesRead", Unit.COUNT, "Configured queues whose backlog was read and published")
+QUEUE_READ_ERRORS = MetricDef(
+    "QueueReadErrors", Unit.COUNT, "Configured queues whose backlog could not be read; nothing was published for them")
+SERVICE_READ_ERRORS = MetricDef(
+    "ServiceReadErrors", Unit.COUNT, "ECS services whose scaling signal could not be computed this run")
+TICK_DURATION = MetricDef("PublisherDuration", Unit.MILLISECONDS, "Time one publisher run took")
+PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_DURATION)
+
+
+def queue_dimensions(work_pool: str, work_queue: str) -> dict[str, str]:
+    return {"WorkPool": work_pool, "WorkQueue": work_queue}
+
+
+def service_dimensions(cluster: str, service: str) -> dict[str, str]:
+    return {"ClusterName": cluster, "ServiceName": service}
+
+
+def publisher_dimensions(publisher: str) -> dict[str, str]:
+    return {"Publisher": publisher}

@@ -1,0 +1,183 @@
+"""One publisher run: read every queue, compute the figures, publish them.
+
+The Lambda handler and the local dry-run command both call into this module, so
+what the dry run prints is what the Lambda would publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prefect_backlog import metrics
+from prefect_backlog.backlog import QueueBacklog, ServiceSignal, queue_demand, service_signal, sum_demand
+from prefect_backlog.config import Config, QueueConfig, ServiceConfig
+from prefect_backlog.prefect_client import PrefectClient, PrefectError, ResolvedQueue
+from prefect_backlog.publishing import Datum, EcsReadError, TaskCounts, describe_services, put_metric_data
+
+log = logging.getLogger("prefect_backlog")
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    config: QueueConfig
+    resolved: ResolvedQueue | None = None
+    backlog: QueueBacklog | None = None
+    error: str | None = None
+
+    @property
+    def demand(self) -> int | None:
+        if self.backlog is None:
+            return None
+        return queue_demand(self.backlog, self.config.runs_in_worker_task)
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    config: ServiceConfig
+    demand: int | None
+    signal: ServiceSignal | None = None
+    error: str | None = None
+
+
+@dataclass
+class TickReport:
+    queues: list[QueueResult]
+    services: list[ServiceResult] = field(default_factory=list)
+    whole_failure: str | None = None  # set when nothing could be read at all
+    prefect_requests: int = 0
+    put_metric_data_calls: int = 0
+    duration_ms: float = 0.0
+
+    @property
+    def queue_errors(self) -> int:
+        return sum(1 for q in self.queues if q.error is not None)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "queuesRead": len(self.queues) - self.queue_errors,
+            "queueReadErrors": self.queue_errors,
+            "serviceReadErrors": sum(1 for s in self.services if s.error is not None),
+            "prefectRequests": self.prefect_requests,
+            "putMetricDataCalls": self.put_metric_data_calls,
+            "durationMs": round(self.duration_ms, 1),
+            **({"wholeFailure": self.whole_failure} if self.whole_failure else {}),
+        }
+
+
+def read_queues(config: Config, client: PrefectClient, now: datetime) -> tuple[list[QueueResult], str | None]:
+    """Every configured queue's backlog or the reason it could not be read.
+
+    The second value is set when the read failed as a whole (server down,
+    credentials rejected, or every queue failed): the caller must fail loudly.
+    """
+    try:
+        resolved = client.resolve_queues(config.queues)
+    except PrefectError as exc:
+        cause = f"could not look up the work queues: {exc}"
+        return [QueueResult(config=q, error=cause) for q in config.queues], cause
+
+    found = [r for r in resolved.values() if isinstance(r, ResolvedQueue)]
+    try:
+        counts = client.read_counts(found, now)
+    except PrefectError as exc:  # credentials rejected half-way
+        cause = f"could not read flow runs: {exc}"
+        return [QueueResult(config=q, error=cause) for q in config.queues], cause
+
+    results = []
+    for queue in config.queues:
+        outcome = resolved[queue.index]
+        if isinstance(outcome, PrefectError):
+            results.append(QueueResult(config=queue, error=str(outcome)))
+            continue
+        read = counts[outcome.id]
+        if isinstance(read, PrefectError):
+            results.append(QueueResult(config=queue, resolved=outcome, error=f"{queue.label}: {read}"))
+        else:
+            results.append(QueueResult(config=queue, resolved=outcome, backlog=read.with_pause(outcome.paused, now)))
+    if results and all(r.error for r in results):
+        return results, "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
+    return results, None
+
+
+def compute_services(config: Config, queues: Sequence[QueueResult],
+                     task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError]) -> list[ServiceResult]:
+    demands = {q.config.index: q.demand for q in queues}
+    results = []
+    for service in config.services:
+        demand = sum_demand(demands, service.queue_indexes)
+        tasks = task_counts.get(service.key)
+        if demand is None:
+            failed = [q.config.label for q in queues if q.config.index in service.queue_indexes and q.error]
+            results.append(ServiceResult(service, None, error=f"demand unknown: {', '.join(failed)} unread"))
+        elif not isinstance(tasks, TaskCounts):
+            results.append(ServiceResult(service, demand, error=str(tasks or "no task counts")))
+        else:
+            signal = service_signal(demand, tasks.running, tasks.desired, service.target_backlog_per_task,
+                                    service.max_capacity)
+            results.append(ServiceResult(service, demand, signal=signal))
+    return results
+
+
+def metric_data(report: TickReport, publisher: str) -> list[Datum]:
+    """Everything one run publishes. A queue or service that was not read contributes nothing."""
+    data: list[Datum] = []
+    for queue in report.queues:
+        if queue.backlog is None or queue.resolved is None:
+            continue
+        dims = metrics.queue_dimensions(queue.resolved.pool, queue.resolved.name)
+        b = queue.backlog
+        data += [
+            Datum(metrics.LATE_FLOW_RUNS, dims, b.late),
+            Datum(metrics.DUE_FLOW_RUNS, dims, b.due),
+            Datum(metrics.PENDING_FLOW_RUNS, dims, b.pending),
+            Datum(metrics.RUNNING_FLOW_RUNS, dims, b.running),
+            Datum(metrics.OLDEST_LATE_RUN_AGE, dims, b.oldest_late_age_seconds),
+            Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
+        ]
+    for service in report.services:
+        if service.signal is None:
+            continue
+        dims = metrics.service_dimensions(service.config.cluster, service.config.service)
+        s = service.signal
+        data += [
+            Datum(metrics.BACKLOG_PER_TASK, dims, s.backlog_per_task),
+            Datum(metrics.DEMAND_FLOW_RUNS, dims, s.demand),
+            Datum(metrics.TASK_SHORTFALL, dims, s.task_shortfall),
+            Datum(metrics.RUNNING_TASKS, dims, s.running_tasks),
+            Datum(metrics.DESIRED_TASKS, dims, s.desired_tasks),
+        ]
+    dims = metrics.publisher_dimensions(publisher)
+    data += [
+        Datum(metrics.QUEUES_READ, dims, len(report.queues) - report.queue_errors),
+        Datum(metrics.QUEUE_READ_ERRORS, dims, report.queue_errors),
+        Datum(metrics.SERVICE_READ_ERRORS, dims, sum(1 for s in report.services if s.error is not None)),
+        Datum(metrics.TICK_DURATION, dims, report.duration_ms),
+    ]
+    return data
+
+
+def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any | None, now: datetime) -> TickReport:
+    """Read, compute and (when ``cloudwatch`` is given) publish one sample of every metric."""
+    started = time.monotonic()
+    queues, whole_failure = read_queues(config, client, now)
+    for queue in queues:
+        if queue.error:
+            log.warning("queue not read; nothing published for it", extra={"queue": queue.config.label,
+                                                                             "cause": queue.error})
+    task_counts = describe_services(ecs, [s.key for s in config.services])
+    report = TickReport(queues=queues, services=compute_services(config, queues, task_counts),
+                        whole_failure=whole_failure, prefect_requests=client.requests_sent)
+    for service in report.services:
+        if service.error:
+            log.warning("scaling signal not published", extra={"service": "/".join(service.config.key),
+                                                                "cause": service.error})
+    report.duration_ms = (time.monotonic() - started) * 1000
+    if cloudwatch is not None:
+        report.put_metric_data_calls = put_metric_data(
+            cloudwatch, config.namespace, metric_data(report, config.stack_name), now)
+    return report

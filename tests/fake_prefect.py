@@ -1,0 +1,131 @@
+"""An in-memory stand-in for the few Prefect endpoints the client uses, served through `responses`.
+
+It applies exactly the filters the client sends (state type/name ``any_``,
+``next_scheduled_start_time.before_``, queue ids, names, limit/offset), so unit
+tests can check paging, counting and error handling quickly. Whether the real
+API behaves like this is what tests/integration checks against real servers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import responses
+
+API = "http://prefect.test/api"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class FakePrefect:
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queues: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # path -> function(body) returning (status, headers, body) to inject faults; None falls through
+    faults: dict[str, Callable[[dict[str, Any]], tuple[int, dict[str, str], str] | None]] = field(default_factory=dict)
+
+    def pool(self, name: str, *, paused: bool = False) -> dict[str, Any]:
+        pool = {"id": str(uuid.uuid4()), "name": name, "is_paused": paused, "concurrency_limit": None}
+        self.pools[name] = pool
+        self.queue(name, "default")
+        return pool
+
+    def queue(self, pool: str, name: str, *, paused: bool = False) -> dict[str, Any]:
+        queue = {"id": str(uuid.uuid4()), "name": name, "is_paused": paused, "concurrency_limit": None,
+                 "work_pool_id": self.pools[pool]["id"], "work_pool_name": pool, "last_polled": None}
+        self.queues.append(queue)
+        return queue
+
+    def queue_id(self, pool: str, name: str) -> str:
+        return next(q["id"] for q in self.queues if q["work_pool_name"] == pool and q["name"] == name)
+
+    def add_runs(self, pool: str, queue: str, count: int, state_type: str, state_name: str | None = None,
+                 *, minutes_ago: float = 5.0) -> None:
+        when = (NOW - timedelta(minutes=minutes_ago)).isoformat()
+        queue_id = self.queue_id(pool, queue)
+        for _ in range(count):
+            self.runs.append({"id": str(uuid.uuid4()), "work_queue_id": queue_id, "work_queue_name": queue,
+                              "state_type": state_type, "state_name": state_name or state_type.title(),
+                              "next_scheduled_start_time": when if state_type == "SCHEDULED" else None,
+                              "expected_start_time": when})
+
+    def requests_to(self, path: str) -> int:
+        return sum(1 for p, _ in self.calls if p == path)
+
+    # --- serving ---------------------------------------------------------------------
+
+    def install(self, mock: responses.RequestsMock) -> None:
+        for path, handler in [("/work_queues/filter", self._queues), ("/work_pools/filter", self._pools),
+                              ("/flow_runs/filter", self._runs), ("/flow_runs/count", self._count)]:
+            mock.add_callback(responses.POST, API + path, callback=self._serve(path, handler))
+
+    def _serve(self, path: str, handler: Callable[[dict[str, Any]], Any]) -> Callable[[Any], Any]:
+        def callback(request: Any) -> tuple[int, dict[str, str], str]:
+            body = json.loads(request.body or b"{}")
+            self.calls.append((path, body))
+            fault = self.faults.get(path)
+            injected = fault(body) if fault else None
+            if injected is not None:
+                return injected
+            return 200, {"Content-Type": "application/json"}, json.dumps(handler(body))
+        return callback
+
+    @staticmethod
+    def _page(items: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = body.get("limit", 200)
+        assert limit <= 200, "the real API rejects limit > 200"
+        offset = body.get("offset", 0)
+        return items[offset:offset + limit]
+
+    def _queues(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        names = body["work_queues"]["name"]["any_"]
+        return self._page([q for q in self.queues if q["name"] in names], body)
+
+    def _pools(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        ids = body["work_pools"]["id"]["any_"]
+        return self._page([p for p in self.pools.values() if p["id"] in ids], body)
+
+    def _matching(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        ids = body["work_pool_queues"]["id"]["any_"]
+        flow_runs = body.get("flow_runs", {})
+        state = flow_runs.get("state", {})
+        before = flow_runs.get("next_scheduled_start_time", {}).get("before_")
+        selected = []
+        for run in self.runs:
+            if run["work_queue_id"] not in ids:
+                continue
+            if "type" in state and run["state_type"] not in state["type"]["any_"]:
+                continue
+            if "name" in state and run["state_name"] not in state["name"]["any_"]:
+                continue
+            if before and not (run["next_scheduled_start_time"] and run["next_scheduled_start_time"] <= before):
+                continue
+            selected.append(run)
+        if body.get("sort") == "NEXT_SCHEDULED_START_TIME_ASC":
+            selected.sort(key=lambda r: r["next_scheduled_start_time"] or "")
+        return selected
+
+    def _runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._page(self._matching(body), body)
+
+    def _count(self, body: dict[str, Any]) -> int:
+        return len(self._matching(body))
+
+
+def failing(status: int, headers: dict[str, str] | None = None, body: str = '{"detail": "boom"}',
+            times: int | None = None) -> Callable[[dict[str, Any]], tuple[int, dict[str, str], str] | None]:
+    """A fault that answers ``status`` (``times`` times, or always) and then lets requests through."""
+    counter = itertools.count()
+
+    def fault(_: dict[str, Any]) -> tuple[int, dict[str, str], str] | None:
+        if times is not None and next(counter) >= times:
+            return None
+        return status, {"Content-Type": "application/json", **(headers or {})}, body
+    return fault
