@@ -28,6 +28,7 @@ class FakePrefect:
     queues: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)  # the Authorization header of each call
     # path -> function(body) returning (status, headers, body) to inject faults; None falls through
     faults: dict[str, Callable[[dict[str, Any]], tuple[int, dict[str, str], str] | None]] = field(default_factory=dict)
 
@@ -70,6 +71,7 @@ class FakePrefect:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
             body = json.loads(request.body or b"{}")
             self.calls.append((path, body))
+            self.authorizations.append(request.headers.get("Authorization"))
             fault = self.faults.get(path)
             injected = fault(body) if fault else None
             if injected is not None:

@@ -281,10 +281,19 @@ def _retention(value: Any) -> int:
     return days
 
 
-def _string_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise TypeError("must be a non-empty list of strings")
-    return tuple(_string(item) for item in value)
+def _id_list(prefix: str) -> Callable[[Any], tuple[str, ...]]:
+    """A non-empty list of EC2 ids such as subnet-0123abcd or sg-0123456789abcdef0."""
+    pattern = re.compile(rf"^{prefix}-([0-9a-f]{{8}}|[0-9a-f]{{17}})$")
+
+    def convert(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise TypeError(f"must be a non-empty list of ids like {prefix}-0123abcd")
+        for item in value:
+            if not isinstance(item, str) or not pattern.match(item):
+                raise ValueError(f"must hold ids like {prefix}-0123abcd, not {_describe(item)}")
+        return tuple(value)
+
+    return convert
 
 
 def _mapping(problems: _Problems, value: Any, where: str) -> Mapping[str, Any] | None:
@@ -331,8 +340,8 @@ def _parse_network(problems: _Problems, value: Any) -> NetworkConfig | None:
         return None
     _unknown_keys(problems, "network.", source, ("subnetIds", "securityGroupIds"))
     no_ids: tuple[str, ...] = ()
-    subnets = _get(problems, source, "subnetIds", "network.subnetIds", _string_list, True, no_ids)
-    groups = _get(problems, source, "securityGroupIds", "network.securityGroupIds", _string_list, True, no_ids)
+    subnets = _get(problems, source, "subnetIds", "network.subnetIds", _id_list("subnet"), True, no_ids)
+    groups = _get(problems, source, "securityGroupIds", "network.securityGroupIds", _id_list("sg"), True, no_ids)
     return NetworkConfig(subnet_ids=subnets, security_group_ids=groups)
 
 

@@ -39,8 +39,8 @@ class PublisherFailed(RuntimeError):
     """Nothing could be read: raised so the invocation shows as failed (Lambda Errors metric)."""
 
 
-def load_config(path: Path = CONFIG_FILE) -> Config:
-    return parse_config(json.loads(path.read_text()))
+def load_config(path: Path | None = None) -> Config:
+    return parse_config(json.loads((path or CONFIG_FILE).read_text()))
 
 
 def authorization(config: Config) -> str | None:

@@ -174,7 +174,7 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any
                         whole_failure=whole_failure, prefect_requests=client.requests_sent)
     for service in report.services:
         if service.error:
-            log.warning("scaling signal not published", extra={"service": "/".join(service.config.key),
+            log.warning("scaling signal not published", extra={"ecs_service": "/".join(service.config.key),
                                                                 "cause": service.error})
     report.duration_ms = (time.monotonic() - started) * 1000
     if cloudwatch is not None:

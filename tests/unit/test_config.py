@@ -62,7 +62,7 @@ def test_queues_on_one_service_are_grouped_and_inherit_its_settings() -> None:
 def test_canonical_form_round_trips() -> None:
     ctx = context(entry(), entry(workQueue="q2", workPool=None, runsInWorkerTask=True),
                   prefectAuth={"secret": "prefect/key", "scheme": "basic"},
-                  network={"subnetIds": ["subnet-1"], "securityGroupIds": ["sg-1"]},
+                  network={"subnetIds": ["subnet-0a1b2c3d"], "securityGroupIds": ["sg-0123abcd"]},
                   metricNamespace="Custom/Prefect", schedule="rate(5 minutes)", logRetentionDays=7)
     config = parse_config(ctx)
     assert parse_config(config.to_context()) == config
@@ -107,6 +107,8 @@ def test_cdk_feature_flags_in_context_are_left_alone() -> None:
     (context(prefectAuth={"scheme": "basic"}), "prefectAuth.secret: is required"),
     (context(prefectAuth="my-secret"), "prefectAuth: must be an object"),
     (context(network={"subnetIds": "subnet-1", "securityGroupIds": ["sg"]}), "network.subnetIds: must be a non-empty"),
+    (context(network={"subnetIds": ["subnet-0a1b2c3d"], "securityGroupIds": ["sg-1"]}),
+     "network.securityGroupIds: must hold ids like sg-0123abcd"),
     (context(schedule="every minute"), "schedule: must be an EventBridge Scheduler expression"),
     (context(metricNamespace="AWS/ECS"), "metricNamespace: must be a custom CloudWatch namespace"),
     (context(logRetentionDays=10), "logRetentionDays: must be one of CloudWatch Logs' retention periods"),

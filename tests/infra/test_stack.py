@@ -1,0 +1,192 @@
+"""The synthesized stack (aws_cdk.assertions; no AWS account is reachable, so the template is what we check)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from infra.packaging import build_package
+from infra.stack import PrefectAutoscalerStack
+from prefect_backlog.config import parse_config
+from tests.infra.synth import REPO, cfn_lint_errors, synth
+
+ONE_QUEUE: dict[str, Any] = {
+    "prefectApiUrl": "http://prefect.internal:4200/api",
+    "queues": [{"workQueue": "default", "cluster": "agents", "service": "agent", "maxCapacity": 2}],
+}
+# Two pools that share a queue name; two queues on one ECS service; a Prefect Cloud key; private subnets.
+SEVERAL_QUEUES: dict[str, Any] = {
+    "prefectApiUrl": "https://api.prefect.cloud/api/accounts/a1/workspaces/w1",
+    "stackName": "Several",
+    "prefectAuth": {"secret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:prefect/key-AbCdEf",
+                    "scheme": "bearer"},
+    "network": {"subnetIds": ["subnet-0a1b2c3d", "subnet-0e1f2a3b"], "securityGroupIds": ["sg-0123456789abcdef0"]},
+    "metricNamespace": "Prefect/Prod",
+    "queues": [
+        {"workPool": "pool-a", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker",
+         "minCapacity": 1, "maxCapacity": 6, "targetBacklogPerTask": 5},
+        {"workPool": "pool-b", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker"},
+        {"workPool": "pool-b", "workQueue": "gpu", "cluster": "gpu-cluster", "service": "process-worker",
+         "maxCapacity": 50, "runsInWorkerTask": True},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def one() -> tuple[PrefectAutoscalerStack, Template]:
+    return synth(ONE_QUEUE)
+
+
+@pytest.fixture(scope="module")
+def several() -> tuple[PrefectAutoscalerStack, Template]:
+    return synth(SEVERAL_QUEUES)
+
+
+def statements(template: Template) -> list[dict[str, Any]]:
+    policies = template.find_resources("AWS::IAM::Policy")
+    return [s for p in policies.values() for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def statement_for(template: Template, action: str) -> dict[str, Any]:
+    (found,) = [s for s in statements(template) if action in (s["Action"] if isinstance(s["Action"], list)
+                                                               else [s["Action"]])]
+    return found
+
+
+def test_lambda_is_arm64_current_python_single_flight_without_retries(one: Any) -> None:
+    _, template = one
+    template.has_resource_properties("AWS::Lambda::Function", {
+        "Runtime": "python3.13", "Architectures": ["arm64"], "Handler": "prefect_backlog.handler.lambda_handler",
+        "ReservedConcurrentExecutions": 1, "Timeout": 50, "TracingConfig": {"Mode": "Active"},
+        "Layers": [{"Ref": Match.string_like_regexp("SsmParameterValueawsservicepowertoolspythonarm64python313")}],
+    })
+    template.has_resource_properties("AWS::Lambda::EventInvokeConfig",
+                                     {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 60})
+    template.has_resource_properties("AWS::Scheduler::Schedule", {
+        "ScheduleExpression": "rate(1 minute)",
+        "Target": Match.object_like({"RetryPolicy": {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 60}}),
+    })
+    template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": 30})
+
+
+def test_packaged_code_carries_the_parsed_config_and_no_boto3(one: Any) -> None:
+    stack, _ = one
+    package = build_package(stack.config)  # cached: the directory the asset was staged from
+    config = json.loads((package / "prefect_backlog" / "publisher_config.json").read_text())
+    assert parse_config(config) == stack.config
+    assert (package / "requests").is_dir() and (package / "prefect_backlog" / "handler.py").is_file()
+    assert not (package / "boto3").exists() and not (package / "botocore").exists()
+
+
+def test_iam_is_least_privilege(several: Any) -> None:
+    _, template = several
+    put = statement_for(template, "cloudwatch:PutMetricData")
+    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Prefect/Prod"}}
+    describe = json.dumps(statement_for(template, "ecs:DescribeServices")["Resource"])
+    assert ":service/prefect/ecs-worker" in describe and ":service/gpu-cluster/process-worker" in describe
+    assert describe.count(":service/") == 2
+    secret = statement_for(template, "secretsmanager:GetSecretValue")
+    assert secret["Resource"] == SEVERAL_QUEUES["prefectAuth"]["secret"]
+    all_actions = {a for s in statements(template) for a in (s["Action"] if isinstance(s["Action"], list)
+                                                            else [s["Action"]])}
+    assert not any(a.endswith(":*") or a == "*" for a in all_actions)
+
+
+def test_no_secret_access_without_prefect_auth(one: Any) -> None:
+    _, template = one
+    assert not [s for s in statements(template) if "secretsmanager" in json.dumps(s["Action"])]
+
+
+def test_lambda_joins_the_private_subnets(several: Any) -> None:
+    _, template = several
+    template.has_resource_properties("AWS::Lambda::Function", {
+        "VpcConfig": {"SubnetIds": ["subnet-0a1b2c3d", "subnet-0e1f2a3b"],
+                      "SecurityGroupIds": ["sg-0123456789abcdef0"]}})
+
+
+def test_one_scalable_target_per_service_on_the_service_linked_role(several: Any) -> None:
+    _, template = several
+    template.resource_count_is("AWS::ApplicationAutoScaling::ScalableTarget", 2)
+    template.has_resource_properties("AWS::ApplicationAutoScaling::ScalableTarget", {
+        "ServiceNamespace": "ecs", "ScalableDimension": "ecs:service:DesiredCount",
+        "ResourceId": "service/prefect/ecs-worker", "MinCapacity": 1, "MaxCapacity": 6,
+        "RoleARN": {"Fn::Join": ["", Match.array_with([Match.string_like_regexp(
+            "AWSServiceRoleForApplicationAutoScaling_ECSService")])]},
+    })
+    template.resource_count_is("AWS::IAM::Role", 2)  # the publisher's and the scheduler's; none for scaling
+
+
+def test_target_tracking_follows_backlog_per_task(several: Any) -> None:
+    _, template = several
+    template.has_resource_properties("AWS::ApplicationAutoScaling::ScalingPolicy", {
+        "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": 5,
+            "CustomizedMetricSpecification": {
+                "MetricName": "BacklogPerTask", "Namespace": "Prefect/Prod", "Statistic": "Average",
+                "Dimensions": [{"Name": "ClusterName", "Value": "prefect"},
+                               {"Name": "ServiceName", "Value": "ecs-worker"}]},
+            "ScaleInCooldown": 300, "ScaleOutCooldown": 60,
+        },
+    })
+
+
+def test_step_policy_only_scales_out_by_the_shortfall(several: Any) -> None:
+    _, template = several
+    steps = template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy",
+                                    {"Properties": {"PolicyType": "StepScaling"}})
+    assert len(steps) == 2
+    for policy in steps.values():
+        adjustments = policy["Properties"]["StepScalingPolicyConfiguration"]["StepAdjustments"]
+        assert all(a["ScalingAdjustment"] > 0 for a in adjustments)  # never scales in
+    alarms = template.find_resources("AWS::CloudWatch::Alarm", {"Properties": {"MetricName": "TaskShortfall"}})
+    assert len(alarms) == 2  # one upper alarm per service, no lower alarm
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert (props["ComparisonOperator"], props["Threshold"], props["EvaluationPeriods"]) == (
+            "GreaterThanOrEqualToThreshold", 1, 1)
+        assert props.get("TreatMissingData", "missing") == "missing"  # no data: no scaling
+
+
+def test_large_services_keep_within_the_step_interval_limit(several: Any) -> None:
+    _, template = several
+    policies = template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy",
+                                       {"Properties": {"PolicyType": "StepScaling"}})
+    counts = sorted(len(p["Properties"]["StepScalingPolicyConfiguration"]["StepAdjustments"])
+                    for p in policies.values())
+    assert counts == [6, 39]  # maxCapacity 6 -> +1..+6; maxCapacity 50 -> capped below 40 intervals
+
+
+@pytest.mark.parametrize("fixture", ["one", "several"])
+def test_cfn_lint_finds_no_errors(fixture: str, request: pytest.FixtureRequest) -> None:
+    _, template = request.getfixturevalue(fixture)
+    assert cfn_lint_errors(template.to_json()) == []
+
+
+def test_cfn_lint_check_is_live() -> None:
+    broken = {"Resources": {"Fn": {"Type": "AWS::Lambda::Function", "Properties": {"Runtime": "python9"}}}}
+    assert cfn_lint_errors(broken)
+
+
+def _run_app(context: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path),
+           "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1"}
+    return subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
+
+
+def test_bad_config_fails_synth_with_one_clear_message(tmp_path: Path) -> None:
+    bad = {**ONE_QUEUE, "queues": [{"workQueue": "default", "cluster": "agents", "service": "agent",
+                                    "maxCapacity": 1, "minCapacity": 3, "servcie": "x"}]}
+    result = _run_app(bad, tmp_path)
+    assert result.returncode == 1
+    assert "queues[0].maxCapacity: must be at least minCapacity (3), got 1" in result.stderr
+    assert "queues[0].servcie: unknown key (did you mean 'service'?)" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,61 @@
+"""The pure backlog model: what counts as due, demand and the per-service signal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from prefect_backlog.backlog import QueueBacklog, RunFacts, queue_demand, service_signal, sum_demand, summarize_runs
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def run(state_type: str, state_name: str, minutes_ago: float = 1, queue: str = "q", run_id: str | None = None
+        ) -> RunFacts:
+    return RunFacts(id=run_id or f"{state_name}-{minutes_ago}-{queue}", queue_id=queue, state_type=state_type,
+                    state_name=state_name, scheduled_at=NOW - timedelta(minutes=minutes_ago))
+
+
+def test_summary_counts_due_late_pending_running_and_oldest_late() -> None:
+    runs = [run("SCHEDULED", "Late", 10), run("SCHEDULED", "Late", 3), run("SCHEDULED", "Scheduled", 1),
+            run("SCHEDULED", "Scheduled", -5),  # future: not due
+            run("SCHEDULED", "AwaitingRetry", 2), run("SCHEDULED", "AwaitingConcurrencySlot", 2),
+            run("PENDING", "Pending"), run("RUNNING", "Running"), run("RUNNING", "Running", 2)]
+    counts = summarize_runs(runs, ["q", "empty"], NOW)["q"].with_pause(False, NOW)
+    assert (counts.late, counts.due, counts.pending, counts.running) == (2, 4, 1, 2)
+    assert counts.oldest_late_age_seconds == 600
+
+
+def test_every_asked_queue_gets_a_true_zero_and_duplicates_count_once() -> None:
+    twice = run("SCHEDULED", "Late", run_id="same")
+    summary = summarize_runs([twice, twice], ["q", "idle"], NOW)
+    assert summary["q"].late == 1
+    assert summary["idle"].with_pause(False, NOW) == QueueBacklog(0, 0, 0, 0, 0.0, False)
+
+
+@pytest.mark.parametrize(("paused", "in_task", "expected"), [
+    (False, False, 5),     # due only
+    (True, False, 0),      # paused: more workers cannot start these
+    (False, True, 5 + 3),  # in-process runs keep their tasks busy
+    (True, True, 3),       # ... even while the queue is paused
+])
+def test_queue_demand(paused: bool, in_task: bool, expected: int) -> None:
+    backlog = QueueBacklog(late=2, due=5, pending=1, running=2, oldest_late_age_seconds=0, paused=paused)
+    assert queue_demand(backlog, in_task) == expected
+
+
+def test_signal_is_defined_at_zero_tasks_and_shortfall_counts_starting_tasks() -> None:
+    at_zero = service_signal(demand=3, running_tasks=0, desired_tasks=0, target_backlog_per_task=2, max_capacity=10)
+    assert at_zero.backlog_per_task == 3 and at_zero.task_shortfall == 2
+    starting = service_signal(demand=3, running_tasks=0, desired_tasks=2, target_backlog_per_task=2, max_capacity=10)
+    assert starting.task_shortfall == 0
+    capped = service_signal(demand=100, running_tasks=4, desired_tasks=4, target_backlog_per_task=1, max_capacity=6)
+    assert capped.backlog_per_task == 25 and capped.task_shortfall == 2
+    idle = service_signal(demand=0, running_tasks=3, desired_tasks=3, target_backlog_per_task=1, max_capacity=6)
+    assert idle.backlog_per_task == 0 and idle.task_shortfall == 0
+
+
+def test_service_demand_is_unknown_when_any_queue_is_unknown() -> None:
+    assert sum_demand({0: 2, 1: 3}, [0, 1]) == 5
+    assert sum_demand({0: 2, 1: None}, [0, 1]) is None

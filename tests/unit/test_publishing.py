@@ -1,0 +1,219 @@
+"""A whole tick and the Lambda handler, with `responses` for Prefect and moto for CloudWatch, ECS and
+Secrets Manager (AWS has no local twin; moto stands in for it in process)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import responses
+from moto import mock_aws
+
+from prefect_backlog import handler
+from prefect_backlog.config import Config, parse_config
+from prefect_backlog.metrics import LATE_FLOW_RUNS
+from prefect_backlog.prefect_client import PrefectClient
+from prefect_backlog.publishing import MAX_DATA_PER_PUT, Datum, put_metric_data
+from prefect_backlog.tick import run_tick
+from tests.fake_prefect import API, NOW, FakePrefect, failing
+
+CONTEXT: dict[str, Any] = {
+    "prefectApiUrl": API,
+    "stackName": "TestPublisher",
+    "queues": [
+        {"workPool": "pool-a", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker",
+         "maxCapacity": 5, "targetBacklogPerTask": 2},
+        {"workPool": "pool-b", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker"},
+        {"workPool": "pool-b", "workQueue": "gpu", "cluster": "prefect", "service": "process-worker",
+         "maxCapacity": 4, "runsInWorkerTask": True},
+    ],
+}
+
+
+@pytest.fixture
+def prefect(aws: dict[str, Any]) -> Iterator[FakePrefect]:  # moto first: ours must sit on top of its mock
+    fake = FakePrefect()
+    fake.pool("pool-a")
+    fake.pool("pool-b")
+    fake.queue("pool-b", "gpu")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        fake.install(mock)
+        mock.add_passthru("http://localhost")  # nothing else may leave the process
+        yield fake
+
+
+@pytest.fixture
+def aws() -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        ecs = boto3.client("ecs")
+        ecs.create_cluster(clusterName="prefect")
+        ecs.register_task_definition(family="w", containerDefinitions=[{"name": "w", "image": "x", "memory": 128}])
+        for name, tasks in [("ecs-worker", 1), ("process-worker", 0)]:
+            ecs.create_service(cluster="prefect", serviceName=name, taskDefinition="w", desiredCount=0)
+            ecs.update_service(cluster="prefect", service=name, desiredCount=tasks)  # moto: running = desired
+        yield {"ecs": ecs, "cloudwatch": boto3.client("cloudwatch"), "secrets": boto3.client("secretsmanager")}
+
+
+def published(cloudwatch: Any, metric: str, **dimensions: str) -> float | None:
+    """The value CloudWatch (moto) holds for one metric, or None when nothing was published."""
+    stats = cloudwatch.get_metric_statistics(
+        Namespace="Prefect", MetricName=metric, Statistics=["Maximum"], Period=60,
+        StartTime=NOW - timedelta(minutes=5), EndTime=NOW + timedelta(minutes=5),
+        Dimensions=[{"Name": k, "Value": v} for k, v in dimensions.items()])
+    points = stats["Datapoints"]
+    return points[0]["Maximum"] if points else None
+
+
+def tick(config: Config, aws: dict[str, Any]) -> Any:
+    client = PrefectClient(config.api_url, deadline=time.monotonic() + 20, sleep=lambda _: None)
+    return run_tick(config, client, ecs=aws["ecs"], cloudwatch=aws["cloudwatch"], now=NOW)
+
+
+def test_publishes_every_queue_and_service_in_one_put(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.add_runs("pool-a", "default", 3, "SCHEDULED", "Late", minutes_ago=6)
+    prefect.add_runs("pool-b", "default", 2, "SCHEDULED", "Scheduled", minutes_ago=1)
+    prefect.add_runs("pool-b", "gpu", 1, "SCHEDULED", "Late", minutes_ago=2)
+    prefect.add_runs("pool-b", "gpu", 2, "RUNNING")
+    report = tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert report.put_metric_data_calls == 1 and report.whole_failure is None
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 3
+    assert published(cw, "DueFlowRuns", WorkPool="pool-b", WorkQueue="default") == 2
+    assert published(cw, "LateFlowRuns", WorkPool="pool-b", WorkQueue="default") == 0  # a true zero
+    assert published(cw, "OldestLateRunAgeSeconds", WorkPool="pool-a", WorkQueue="default") == 360
+    assert published(cw, "RunningFlowRuns", WorkPool="pool-b", WorkQueue="gpu") == 2
+    # ecs-worker: demand 3 + 2 over 1 running task; target 2 per task -> 3 tasks needed, 1 desired
+    ecs_worker = {"ClusterName": "prefect", "ServiceName": "ecs-worker"}
+    assert published(cw, "BacklogPerTask", **ecs_worker) == 5
+    assert published(cw, "TaskShortfall", **ecs_worker) == 2
+    # process-worker at 0 tasks: 1 Late + 2 running in-process = 3, divided by max(0, 1)
+    process_worker = {"ClusterName": "prefect", "ServiceName": "process-worker"}
+    assert published(cw, "DemandFlowRuns", **process_worker) == 3
+    assert published(cw, "BacklogPerTask", **process_worker) == 3
+    assert published(cw, "TaskShortfall", **process_worker) == 3
+    assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 0
+    assert published(cw, "QueuesRead", Publisher="TestPublisher") == 3
+
+
+def test_paused_queue_reports_backlog_but_adds_no_demand(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.queues[0]["is_paused"] = True  # pool-a/default
+    prefect.add_runs("pool-a", "default", 4, "SCHEDULED", "Late")
+    tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 4
+    assert published(cw, "QueuePaused", WorkPool="pool-a", WorkQueue="default") == 1
+    assert published(cw, "DemandFlowRuns", ClusterName="prefect", ServiceName="ecs-worker") == 0
+
+
+def test_a_failed_queue_publishes_nothing_for_it_or_its_service(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.add_runs("pool-b", "gpu", 1, "SCHEDULED", "Late")
+    pool_a_ids = {prefect.queue_id("pool-a", "default")}
+    prefect.faults["/flow_runs/filter"] = lambda body: (
+        (502, {}, "bad gateway") if set(body["work_pool_queues"]["id"]["any_"]) & pool_a_ids else None)
+    report = tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert report.whole_failure is None
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") is None  # never a false 0
+    assert published(cw, "BacklogPerTask", ClusterName="prefect", ServiceName="ecs-worker") is None
+    assert published(cw, "LateFlowRuns", WorkPool="pool-b", WorkQueue="gpu") == 1  # the others go on
+    assert published(cw, "BacklogPerTask", ClusterName="prefect", ServiceName="process-worker") == 1
+    assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 1
+    assert "HTTP 502" in (report.queues[0].error or "")
+
+
+def test_unknown_queue_is_an_error_never_zero(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    context = {**CONTEXT, "queues": CONTEXT["queues"] + [
+        {"workPool": "pool-a", "workQueue": "typo", "cluster": "prefect", "service": "ecs-worker"}]}
+    report = tick(parse_config(context), aws)
+    assert "no work queue 'typo' in pool 'pool-a'" in (report.queues[3].error or "")
+    cw = aws["cloudwatch"]
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="typo") is None
+    assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 1
+
+
+def test_missing_ecs_service_withholds_only_its_signal(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    aws["ecs"].delete_service(cluster="prefect", service="process-worker", force=True)
+    report = tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert published(cw, "BacklogPerTask", ClusterName="prefect", ServiceName="process-worker") is None
+    assert published(cw, "BacklogPerTask", ClusterName="prefect", ServiceName="ecs-worker") == 0
+    assert published(cw, "ServiceReadErrors", Publisher="TestPublisher") == 1
+    assert "process-worker" in (report.services[1].error or "")
+
+
+def test_metric_data_is_batched_by_the_api_limit(aws: dict[str, Any]) -> None:
+    calls: list[int] = []
+
+    class Recorder:
+        def put_metric_data(self, Namespace: str, MetricData: list[Any]) -> None:
+            calls.append(len(MetricData))
+
+    data = [Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": f"q{i}"}, i) for i in range(2 * MAX_DATA_PER_PUT + 1)]
+    assert put_metric_data(Recorder(), "Prefect", data, NOW) == 3
+    assert calls == [1000, 1000, 1]
+
+
+# --- the Lambda handler -------------------------------------------------------------
+
+
+class FakeContext:
+    function_name = "publisher"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:publisher"
+    aws_request_id = "req-1"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 50_000
+
+
+@pytest.fixture
+def packaged_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Writes the canonical configuration the way the stack packages it, and points the handler at it."""
+    def write(context: dict[str, Any]) -> Path:
+        path = tmp_path / "publisher_config.json"
+        path.write_text(json.dumps(parse_config(context).to_context()))
+        monkeypatch.setattr(handler, "CONFIG_FILE", path)
+        return path
+    monkeypatch.setattr(handler, "datetime", _FrozenDatetime)
+    yield write  # type: ignore[misc]
+
+
+class _FrozenDatetime:
+    @staticmethod
+    def now(tz: Any = None) -> Any:
+        return NOW
+
+
+def test_handler_publishes_and_returns_a_summary(prefect: FakePrefect, aws: dict[str, Any],
+                                                 packaged_config: Any) -> None:
+    packaged_config(CONTEXT)
+    prefect.add_runs("pool-a", "default", 2, "SCHEDULED", "Late")
+    summary = handler.lambda_handler({}, FakeContext())
+    assert summary["queuesRead"] == 3 and summary["queueReadErrors"] == 0
+    assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 2
+
+
+def test_handler_sends_the_secret_as_basic_auth_and_never_logs_it(
+        prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    aws["secrets"].create_secret(Name="prefect/auth", SecretString="admin:s3cret-value")
+    packaged_config({**CONTEXT, "prefectAuth": {"secret": "prefect/auth", "scheme": "basic"}})
+    handler.lambda_handler({}, FakeContext())
+    assert set(prefect.authorizations) == {"Basic YWRtaW46czNjcmV0LXZhbHVl"}
+    assert "s3cret-value" not in capsys.readouterr().out
+
+
+def test_handler_fails_visibly_when_nothing_can_be_read(prefect: FakePrefect, aws: dict[str, Any],
+                                                        packaged_config: Any) -> None:
+    packaged_config(CONTEXT)
+    prefect.faults["/work_queues/filter"] = failing(401)
+    with pytest.raises(handler.PublisherFailed, match="rejected the credentials"):
+        handler.lambda_handler({}, FakeContext())
+    cw = aws["cloudwatch"]
+    assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 3  # health still reported
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") is None
