@@ -26,6 +26,9 @@ DEFAULT_SCHEDULE = "rate(1 minute)"
 DEFAULT_LOG_RETENTION_DAYS = 30
 DEFAULT_TARGET_BACKLOG_PER_TASK = 1.0
 DEFAULT_STACK_NAME = "PrefectEcsAutoscaler"
+# Fast mode samples every 10 s inside one invocation (EventBridge Scheduler's floor is 1 minute)
+# and publishes high-resolution metrics, so scale-out alarms can use 10 s periods.
+FAST_SAMPLE_SECONDS = 10
 
 # CloudWatch Logs accepts only these retention periods.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
@@ -117,6 +120,26 @@ class Config:
     schedule: str = DEFAULT_SCHEDULE
     log_retention_days: int = DEFAULT_LOG_RETENTION_DAYS
     stack_name: str = DEFAULT_STACK_NAME
+    fast_mode: bool = False
+
+    @property
+    def sample_interval_seconds(self) -> int:
+        """How often the backlog is sampled: once per scheduled invocation, or every 10 s in fast mode."""
+        return FAST_SAMPLE_SECONDS if self.fast_mode else 60
+
+    @property
+    def samples_per_invocation(self) -> int:
+        return 60 // self.sample_interval_seconds
+
+    @property
+    def storage_resolution(self) -> int:
+        """CloudWatch StorageResolution: 1 (high resolution) lets alarms use 10 s periods."""
+        return 1 if self.fast_mode else 60
+
+    @property
+    def scale_out_period_seconds(self) -> int:
+        """Period of the step scale-out alarm; target tracking has no sub-minute period either way."""
+        return self.sample_interval_seconds
 
     def service_for(self, queue: QueueConfig) -> ServiceConfig:
         return next(s for s in self.services if s.key == queue.service_key)
@@ -129,6 +152,7 @@ class Config:
             "schedule": self.schedule,
             "logRetentionDays": self.log_retention_days,
             "stackName": self.stack_name,
+            "fastMode": self.fast_mode,
             "queues": [],
         }
         for queue in self.queues:
@@ -158,7 +182,7 @@ class Config:
 # --- parsing -----------------------------------------------------------------------
 
 TOP_LEVEL_KEYS = ("prefectApiUrl", "queues", "prefectAuth", "network", "metricNamespace",
-                  "schedule", "logRetentionDays", "stackName")
+                  "schedule", "logRetentionDays", "stackName", "fastMode")
 QUEUE_KEYS = ("workQueue", "workPool", "cluster", "service", "minCapacity", "maxCapacity",
               "targetBacklogPerTask", "runsInWorkerTask")
 SERVICE_SETTINGS = ("minCapacity", "maxCapacity", "targetBacklogPerTask")
@@ -457,11 +481,16 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
     retention = _get(problems, context, "logRetentionDays", "logRetentionDays", _retention, False,
                      DEFAULT_LOG_RETENTION_DAYS)
     stack_name = _get(problems, context, "stackName", "stackName", _stack_name, False, DEFAULT_STACK_NAME)
+    fast_mode = _get(problems, context, "fastMode", "fastMode", _boolean, False, False)
+    if fast_mode and schedule != DEFAULT_SCHEDULE:
+        problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
+                                 f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
 
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(api_url=api_url, queues=tuple(queues), services=services, auth=auth, network=network,
-                  namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name)
+                  namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name,
+                  fast_mode=fast_mode)
 
 
 def _stack_name(value: Any) -> str:
