@@ -51,7 +51,9 @@ def shortfall_steps(max_capacity: int) -> list[appscaling.ScalingInterval]:
 
 
 class ServiceScaling(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, service: ServiceConfig, namespace: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, service: ServiceConfig, namespace: str,
+                 scale_out_period: Duration = PERIOD) -> None:
+        """``scale_out_period`` below a minute needs high-resolution metrics (fast mode)."""
         super().__init__(scope, construct_id)
         self.target = appscaling.ScalableTarget(
             self, "Target",
@@ -75,7 +77,7 @@ class ServiceScaling(Construct):
         )
         self.step_scaling = self.target.scale_on_metric(
             "ShortfallScaleOut",
-            metric=service_metric(namespace, service, metrics.TASK_SHORTFALL, "Maximum"),
+            metric=service_metric(namespace, service, metrics.TASK_SHORTFALL, "Maximum", scale_out_period),
             scaling_steps=shortfall_steps(service.max_capacity),
             adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
             cooldown=SCALE_OUT_COOLDOWN,

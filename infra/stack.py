@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import Duration, Stack
 from constructs import Construct
 
 from infra.packaging import build_package
@@ -27,6 +27,7 @@ class PrefectAutoscalerStack(Stack):
         self.publisher = Publisher(self, "Publisher", config=config, package_dir=build_package(config))
         self.scaling = {
             service.key: ServiceScaling(self, _construct_id(*service.key), service=service,
-                                        namespace=config.namespace)
+                                        namespace=config.namespace,
+                                        scale_out_period=Duration.seconds(config.scale_out_period_seconds))
             for service in config.services
         }

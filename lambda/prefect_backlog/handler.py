@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import requests
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities import parameters
@@ -23,12 +24,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_client import PrefectClient, authorization_header
-from prefect_backlog.tick import run_tick
+from prefect_backlog.tick import run_samples
 
 CONFIG_FILE = Path(os.environ.get("PUBLISHER_CONFIG_FILE", Path(__file__).with_name("publisher_config.json")))
 SECRET_MAX_AGE_SECONDS = 300
-# Left for publishing after the Prefect reads, so a slow API can never eat the whole timeout.
-PUBLISH_RESERVE_SECONDS = 8.0
 
 logger = Logger()
 tracer = Tracer()
@@ -54,12 +53,18 @@ def authorization(config: Config) -> str | None:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     config = load_config()
-    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - PUBLISH_RESERVE_SECONDS
-    client = PrefectClient(config.api_url, authorization=authorization(config), deadline=deadline)
-    report = run_tick(config, client, ecs=boto3.client("ecs"), cloudwatch=boto3.client("cloudwatch"),
-                      now=datetime.now(UTC))
-    summary = report.summary()
-    logger.info("published", extra=summary)
-    if report.whole_failure:
-        raise PublisherFailed(report.whole_failure)
-    return summary
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
+    auth = authorization(config)
+    session = requests.Session()  # one connection pool for every sample of this invocation
+
+    def new_client(read_deadline: float) -> PrefectClient:
+        return PrefectClient(config.api_url, authorization=auth, deadline=read_deadline, session=session)
+
+    reports = run_samples(config, new_client, ecs=boto3.client("ecs"), cloudwatch=boto3.client("cloudwatch"),
+                          deadline=deadline, wall_clock=lambda: datetime.now(UTC))
+    for report in reports:
+        logger.info("published", extra=report.summary())
+    failures = [r.whole_failure for r in reports if r.whole_failure]
+    if failures:
+        raise PublisherFailed(failures[0])
+    return {"samples": len(reports), **(reports[-1].summary() if reports else {})}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,10 @@ from prefect_backlog.prefect_client import PrefectClient, PrefectError, Resolved
 from prefect_backlog.publishing import Datum, EcsReadError, TaskCounts, describe_services, put_metric_data
 
 log = logging.getLogger("prefect_backlog")
+
+# Kept free at the end of each sample for PutMetricData, so a slow Prefect API cannot push
+# the publish past the next sample or the Lambda timeout.
+PUBLISH_RESERVE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -179,5 +183,30 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any
     report.duration_ms = (time.monotonic() - started) * 1000
     if cloudwatch is not None:
         report.put_metric_data_calls = put_metric_data(
-            cloudwatch, config.namespace, metric_data(report, config.stack_name), now)
+            cloudwatch, config.namespace, metric_data(report, config.stack_name), now,
+            storage_resolution=config.storage_resolution)
     return report
+
+
+def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *, ecs: Any, cloudwatch: Any,
+                deadline: float, wall_clock: Callable[[], datetime], clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep) -> list[TickReport]:
+    """One invocation: a single tick, or in fast mode one every 10 s until the next invocation is due.
+
+    ``new_client(read_deadline)`` makes the Prefect client for one sample; each
+    sample must finish reading before the next one starts, and all of them
+    before ``deadline`` (a ``clock()`` value).
+    """
+    interval = config.sample_interval_seconds
+    start = clock()
+    reports = []
+    for slot in range(config.samples_per_invocation):
+        slot_start = start + slot * interval
+        read_deadline = min(deadline, slot_start + interval) - PUBLISH_RESERVE_SECONDS
+        if read_deadline <= max(slot_start, clock()):
+            continue  # an earlier sample ran long: this slot has passed
+        if slot_start > clock():
+            sleep(slot_start - clock())
+        reports.append(run_tick(config, new_client(read_deadline), ecs=ecs, cloudwatch=cloudwatch,
+                                now=wall_clock()))
+    return reports

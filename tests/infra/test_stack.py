@@ -190,3 +190,11 @@ def test_bad_config_fails_synth_with_one_clear_message(tmp_path: Path) -> None:
     assert "queues[0].maxCapacity: must be at least minCapacity (3), got 1" in result.stderr
     assert "queues[0].servcie: unknown key (did you mean 'service'?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fast_mode_uses_10_second_scale_out_alarms_and_a_longer_timeout() -> None:
+    _, template = synth({**ONE_QUEUE, "fastMode": True})
+    template.has_resource_properties("AWS::CloudWatch::Alarm", {"MetricName": "TaskShortfall", "Period": 10})
+    template.has_resource_properties("AWS::Lambda::Function", {"Timeout": 58})
+    template.has_resource_properties("AWS::Scheduler::Schedule", {"ScheduleExpression": "rate(1 minute)"})
+    assert cfn_lint_errors(template.to_json()) == []

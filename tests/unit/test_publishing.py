@@ -20,7 +20,7 @@ from prefect_backlog.config import Config, parse_config
 from prefect_backlog.metrics import LATE_FLOW_RUNS
 from prefect_backlog.prefect_client import PrefectClient
 from prefect_backlog.publishing import MAX_DATA_PER_PUT, Datum, put_metric_data
-from prefect_backlog.tick import run_tick
+from prefect_backlog.tick import run_samples, run_tick
 from tests.fake_prefect import API, NOW, FakePrefect, failing
 
 CONTEXT: dict[str, Any] = {
@@ -217,3 +217,77 @@ def test_handler_fails_visibly_when_nothing_can_be_read(prefect: FakePrefect, aw
     cw = aws["cloudwatch"]
     assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 3  # health still reported
     assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") is None
+
+
+# --- fast mode: several samples per invocation ---------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_fast_mode_samples_every_10_s_with_high_resolution(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    config = parse_config({**CONTEXT, "fastMode": True})
+    clock = FakeClock()
+    deadlines: list[float] = []
+    resolutions: list[int] = []
+    real_put = aws["cloudwatch"].put_metric_data
+
+    def recording_put(**kwargs: Any) -> Any:
+        resolutions.extend(d["StorageResolution"] for d in kwargs["MetricData"])
+        return real_put(**kwargs)
+
+    aws["cloudwatch"].put_metric_data = recording_put
+
+    def new_client(read_deadline: float) -> PrefectClient:
+        deadlines.append(read_deadline - clock.now)
+        clock.now += 1.5  # each sample takes 1.5 s
+        return PrefectClient(API, deadline=time.monotonic() + 10, sleep=lambda _: None)
+
+    reports = run_samples(config, new_client, ecs=aws["ecs"], cloudwatch=aws["cloudwatch"],
+                          deadline=clock.now + 58, wall_clock=lambda: NOW, clock=clock, sleep=clock.sleep)
+    assert len(reports) == 6
+    assert clock.sleeps == [8.5] * 5  # samples start 10 s apart
+    assert deadlines == [7.0] * 5 + [5.0]  # done reading 3 s before the next sample / the timeout
+    assert set(resolutions) == {1}
+
+
+def test_default_mode_samples_once_and_stops_reading_before_the_timeout(
+        prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    config = parse_config(CONTEXT)
+    clock = FakeClock()
+    deadlines: list[float] = []
+
+    def new_client(read_deadline: float) -> PrefectClient:
+        deadlines.append(read_deadline - clock.now)
+        return PrefectClient(API, deadline=time.monotonic() + 10, sleep=lambda _: None)
+
+    reports = run_samples(config, new_client, ecs=aws["ecs"], cloudwatch=aws["cloudwatch"],
+                          deadline=clock.now + 50, wall_clock=lambda: NOW, clock=clock, sleep=clock.sleep)
+    assert len(reports) == 1 and deadlines == [47.0]
+
+
+def test_fast_mode_skips_samples_that_no_longer_fit(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    config = parse_config({**CONTEXT, "fastMode": True})
+    clock = FakeClock()
+
+    started: list[float] = []
+
+    def new_client(read_deadline: float) -> PrefectClient:
+        started.append(clock.now - 1000)
+        clock.now = read_deadline + 15  # a hung call: the read overruns its budget by 15 s
+        return PrefectClient(API, deadline=time.monotonic() + 10, sleep=lambda _: None)
+
+    reports = run_samples(config, new_client, ecs=aws["ecs"], cloudwatch=aws["cloudwatch"],
+                          deadline=clock.now + 58, wall_clock=lambda: NOW, clock=clock, sleep=clock.sleep)
+    assert started == [0, 22, 42]  # passed slots are skipped, never run back to back to catch up
+    assert len(reports) == 3
