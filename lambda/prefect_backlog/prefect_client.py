@@ -20,6 +20,7 @@ import base64
 import email.utils
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +142,10 @@ class PrefectClient:
         self.api_url = api_url.rstrip("/")
         self.deadline = deadline if deadline is not None else time.monotonic() + 60
         self.max_concurrency = max_concurrency
+        # Pages of one pool are fetched concurrently inside the concurrent per-pool reads; this
+        # bounds the requests actually in flight at once, however the work is nested.
+        self._in_flight = threading.BoundedSemaphore(max_concurrency)
+        self._counter_lock = threading.Lock()
         self.requests_sent = 0
         self._sleep = sleep
         self._session = session or requests.Session()
@@ -162,10 +167,12 @@ class PrefectClient:
                 raise PrefectError(f"{where}: out of time before the request could be sent")
             retry_after: float | None = None
             try:
-                self.requests_sent += 1
-                response = self._session.request(
-                    method, self.api_url + path, json=body,
-                    timeout=(min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining)))
+                with self._in_flight:
+                    with self._counter_lock:
+                        self.requests_sent += 1
+                    response = self._session.request(
+                        method, self.api_url + path, json=body,
+                        timeout=(min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining)))
             except requests.Timeout:
                 problem = "timed out"
             except requests.ConnectionError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -215,3 +216,30 @@ def test_authorization_headers_and_no_secret_in_errors(prefect: FakePrefect) -> 
         PrefectClient(API, authorization="Bearer pnu_key", sleep=lambda _: None).resolve_queues(
             [queue(0, "default", "pool-a")])
     assert "pnu_key" not in str(caught.value)
+
+
+def test_requests_in_flight_are_bounded_however_reads_nest(prefect: FakePrefect) -> None:
+    configs = []
+    for pool in range(6):
+        prefect.pool(f"p{pool}")
+        for i in range(3):
+            prefect.queue(f"p{pool}", f"q{i}")
+            prefect.add_runs(f"p{pool}", f"q{i}", 150, "SCHEDULED", "Late")  # 450 per pool: paged
+            configs.append(queue(len(configs), f"q{i}", f"p{pool}"))
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+
+    def slow_server(_: dict[str, Any]) -> None:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.02)
+        with lock:
+            in_flight -= 1
+
+    prefect.faults["/flow_runs/filter"] = slow_server
+    c = client(max_concurrency=3)
+    counts = c.read_counts(resolved(c, *configs), NOW)
+    assert sum(v.late for v in counts.values() if isinstance(v, QueueCounts)) == 18 * 150
+    assert 1 < peak <= 3
