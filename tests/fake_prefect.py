@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ class FakePrefect:
     pools: dict[str, dict[str, Any]] = field(default_factory=dict)
     queues: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # pool -> workers
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)  # the Authorization header of each call
+    _last_url: str = ""
     # path -> function(body) returning (status, headers, body) to inject faults; None falls through
     faults: dict[str, Callable[[dict[str, Any]], tuple[int, dict[str, str], str] | None]] = field(default_factory=dict)
 
@@ -40,7 +43,8 @@ class FakePrefect:
 
     def queue(self, pool: str, name: str, *, paused: bool = False) -> dict[str, Any]:
         queue = {"id": str(uuid.uuid4()), "name": name, "is_paused": paused, "concurrency_limit": None,
-                 "work_pool_id": self.pools[pool]["id"], "work_pool_name": pool, "last_polled": None}
+                 "work_pool_id": self.pools[pool]["id"], "work_pool_name": pool, "last_polled": None,
+                 "created": (NOW - timedelta(hours=1)).isoformat()}
         self.queues.append(queue)
         return queue
 
@@ -66,10 +70,14 @@ class FakePrefect:
         for path, handler in [("/work_queues/filter", self._queues), ("/work_pools/filter", self._pools),
                               ("/flow_runs/filter", self._runs), ("/flow_runs/count", self._count)]:
             mock.add_callback(responses.POST, API + path, callback=self._serve(path, handler))
+        workers = re.compile(re.escape(API) + r"/work_pools/([^/]+)/workers/filter")
+        mock.add_callback(responses.POST, workers, callback=self._serve("/work_pools/{pool}/workers/filter",
+                                                                        self._workers))
 
     def _serve(self, path: str, handler: Callable[[dict[str, Any]], Any]) -> Callable[[Any], Any]:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
             body = json.loads(request.body or b"{}")
+            self._last_url = request.url
             self.calls.append((path, body))
             self.authorizations.append(request.headers.get("Authorization"))
             fault = self.faults.get(path)
@@ -85,6 +93,16 @@ class FakePrefect:
         assert limit <= 200, "the real API rejects limit > 200"
         offset = body.get("offset", 0)
         return items[offset:offset + limit]
+
+    def worker(self, pool: str, *, seconds_ago: float, online: bool = True) -> None:
+        beat = (NOW - timedelta(seconds=seconds_ago)).isoformat()
+        self.workers.setdefault(pool, []).append(
+            {"name": f"w{len(self.workers.get(pool, []))}", "last_heartbeat_time": beat,
+             "status": "ONLINE" if online else "OFFLINE"})
+
+    def _workers(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        pool = self._last_url.rsplit("/work_pools/", 1)[1].split("/")[0]
+        return self._page(self.workers.get(pool, []), body)
 
     def _queues(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         names = body["work_queues"]["name"]["any_"]

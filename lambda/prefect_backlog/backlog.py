@@ -49,9 +49,12 @@ class QueueCounts:
     oldest_late_at: datetime | None = None
 
     def with_pause(self, paused: bool, now: datetime) -> QueueBacklog:
-        age = max(0.0, (now - self.oldest_late_at).total_seconds()) if self.oldest_late_at else 0.0
         return QueueBacklog(late=self.late, due=self.due, pending=self.pending, running=self.running,
-                            oldest_late_age_seconds=age, paused=paused)
+                            oldest_late_age_seconds=seconds_since(self.oldest_late_at, now) or 0.0, paused=paused)
+
+
+def seconds_since(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else max(0.0, (now - moment).total_seconds())
 
 
 def is_due(run: RunFacts, now: datetime) -> bool:

@@ -35,8 +35,18 @@ RUNNING_FLOW_RUNS = MetricDef("RunningFlowRuns", Unit.COUNT, "Flow runs running"
 OLDEST_LATE_RUN_AGE = MetricDef(
     "OldestLateRunAgeSeconds", Unit.SECONDS, "Seconds since the oldest Late run was due (0 when none is Late)")
 QUEUE_PAUSED = MetricDef("QueuePaused", Unit.NONE, "1 when the queue or its pool is paused, else 0")
+SECONDS_SINCE_LAST_POLLED = MetricDef(
+    "SecondsSinceLastPolled", Unit.SECONDS,
+    "Seconds since an agent/worker last polled the queue (since its creation when never polled)")
 QUEUE_METRICS = (LATE_FLOW_RUNS, DUE_FLOW_RUNS, PENDING_FLOW_RUNS, RUNNING_FLOW_RUNS, OLDEST_LATE_RUN_AGE,
-                 QUEUE_PAUSED)
+                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED)
+
+# Per work pool; dimension WorkPool. Workers (3.x, and 2.x workers) heartbeat; 2.x agents do not.
+ONLINE_WORKERS = MetricDef("OnlineWorkers", Unit.COUNT, "Workers of the pool whose status is ONLINE")
+SECONDS_SINCE_WORKER_HEARTBEAT = MetricDef(
+    "SecondsSinceWorkerHeartbeat", Unit.SECONDS,
+    "Seconds since the newest heartbeat of any worker in the pool (not published when the pool has no workers)")
+POOL_METRICS = (ONLINE_WORKERS, SECONDS_SINCE_WORKER_HEARTBEAT)
 
 # Per ECS service; dimensions ClusterName and ServiceName (the names AWS/ECS uses).
 BACKLOG_PER_TASK = MetricDef(
@@ -66,6 +76,10 @@ PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_D
 
 def queue_dimensions(work_pool: str, work_queue: str) -> dict[str, str]:
     return {"WorkPool": work_pool, "WorkQueue": work_queue}
+
+
+def pool_dimensions(work_pool: str) -> dict[str, str]:
+    return {"WorkPool": work_pool}
 
 
 def service_dimensions(cluster: str, service: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 
@@ -76,10 +77,17 @@ class ResolvedQueue:
     pool_paused: bool
     concurrency_limit: int | None
     last_polled: datetime | None
+    created: datetime | None
 
     @property
     def paused(self) -> bool:
         return self.queue_paused or self.pool_paused
+
+
+@dataclass(frozen=True)
+class PoolWorkers:
+    online: int
+    newest_heartbeat: datetime | None
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -288,8 +296,23 @@ class PrefectClient:
                 config_index=queue.index, id=queue_id, name=str(raw["name"]), pool=_pool_name(raw, pools),
                 queue_paused=bool(raw.get("is_paused")), pool_paused=bool(pool.get("is_paused")),
                 concurrency_limit=raw.get("concurrency_limit"), last_polled=_parse_time(raw.get("last_polled")),
+                created=_parse_time(raw.get("created")),
             )
         return results
+
+    # --- workers -----------------------------------------------------------------------
+
+    def read_workers(self, pools: Iterable[str]) -> dict[str, PoolWorkers | PrefectError]:
+        """Per pool: how many workers are ONLINE and when the newest one last heartbeat (one call per pool)."""
+        names = sorted(set(pools))
+
+        def read(pool: str) -> PoolWorkers:
+            workers = self._paged(f"/work_pools/{quote(pool, safe='')}/workers/filter", {})
+            beats = [t for w in workers if (t := _parse_time(w.get("last_heartbeat_time"))) is not None]
+            return PoolWorkers(online=sum(1 for w in workers if w.get("status") == "ONLINE"),
+                               newest_heartbeat=max(beats, default=None))
+
+        return dict(zip(names, self._map(read, names), strict=True))
 
     # --- runs --------------------------------------------------------------------------
 

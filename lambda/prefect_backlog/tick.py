@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from prefect_backlog import metrics
-from prefect_backlog.backlog import QueueBacklog, ServiceSignal, queue_demand, service_signal, sum_demand
+from prefect_backlog.backlog import QueueBacklog, ServiceSignal, queue_demand, seconds_since, service_signal, sum_demand
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
-from prefect_backlog.prefect_client import PrefectClient, PrefectError, ResolvedQueue
+from prefect_backlog.prefect_client import PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
 from prefect_backlog.publishing import Datum, EcsReadError, TaskCounts, describe_services, put_metric_data
 
 log = logging.getLogger("prefect_backlog")
@@ -50,8 +50,10 @@ class ServiceResult:
 
 @dataclass
 class TickReport:
+    now: datetime
     queues: list[QueueResult]
     services: list[ServiceResult] = field(default_factory=list)
+    pools: dict[str, PoolWorkers | PrefectError] = field(default_factory=dict)
     whole_failure: str | None = None  # set when nothing could be read at all
     prefect_requests: int = 0
     put_metric_data_calls: int = 0
@@ -143,6 +145,17 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
             Datum(metrics.OLDEST_LATE_RUN_AGE, dims, b.oldest_late_age_seconds),
             Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
         ]
+        polled = seconds_since(queue.resolved.last_polled or queue.resolved.created, report.now)
+        if polled is not None:
+            data.append(Datum(metrics.SECONDS_SINCE_LAST_POLLED, dims, polled))
+    for pool, workers in report.pools.items():
+        if isinstance(workers, PrefectError):
+            continue
+        dims = metrics.pool_dimensions(pool)
+        data.append(Datum(metrics.ONLINE_WORKERS, dims, workers.online))
+        heartbeat_age = seconds_since(workers.newest_heartbeat, report.now)
+        if heartbeat_age is not None:
+            data.append(Datum(metrics.SECONDS_SINCE_WORKER_HEARTBEAT, dims, heartbeat_age))
     for service in report.services:
         if service.signal is None:
             continue
@@ -173,9 +186,13 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any
         if queue.error:
             log.warning("queue not read; nothing published for it", extra={"queue": queue.config.label,
                                                                              "cause": queue.error})
+    pools = client.read_workers({q.resolved.pool for q in queues if q.resolved}) if not whole_failure else {}
+    for pool, workers in pools.items():
+        if isinstance(workers, PrefectError):
+            log.warning("worker health not read", extra={"work_pool": pool, "cause": str(workers)})
     task_counts = describe_services(ecs, [s.key for s in config.services])
-    report = TickReport(queues=queues, services=compute_services(config, queues, task_counts),
-                        whole_failure=whole_failure, prefect_requests=client.requests_sent)
+    report = TickReport(now=now, queues=queues, services=compute_services(config, queues, task_counts),
+                        pools=pools, whole_failure=whole_failure, prefect_requests=client.requests_sent)
     for service in report.services:
         if service.error:
             log.warning("scaling signal not published", extra={"ecs_service": "/".join(service.config.key),

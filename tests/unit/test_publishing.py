@@ -291,3 +291,29 @@ def test_fast_mode_skips_samples_that_no_longer_fit(prefect: FakePrefect, aws: d
                           deadline=clock.now + 58, wall_clock=lambda: NOW, clock=clock, sleep=clock.sleep)
     assert started == [0, 22, 42]  # passed slots are skipped, never run back to back to catch up
     assert len(reports) == 3
+
+
+def test_worker_health_per_queue_and_pool(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.queues[0]["last_polled"] = (NOW - timedelta(seconds=42)).isoformat()  # pool-a/default
+    prefect.worker("pool-a", seconds_ago=8)
+    prefect.worker("pool-a", seconds_ago=400, online=False)
+    report = tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert published(cw, "SecondsSinceLastPolled", WorkPool="pool-a", WorkQueue="default") == 42
+    assert published(cw, "SecondsSinceLastPolled", WorkPool="pool-b", WorkQueue="gpu") == 3600  # never polled
+    assert published(cw, "OnlineWorkers", WorkPool="pool-a") == 1
+    assert published(cw, "SecondsSinceWorkerHeartbeat", WorkPool="pool-a") == 8
+    assert published(cw, "OnlineWorkers", WorkPool="pool-b") == 0
+    assert published(cw, "SecondsSinceWorkerHeartbeat", WorkPool="pool-b") is None  # no worker, no age
+    assert prefect.requests_to("/work_pools/{pool}/workers/filter") == 2  # one per pool
+    assert report.whole_failure is None
+
+
+def test_worker_health_failure_does_not_touch_the_backlog(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.faults["/work_pools/{pool}/workers/filter"] = failing(500)
+    prefect.add_runs("pool-a", "default", 1, "SCHEDULED", "Late")
+    report = tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert published(cw, "OnlineWorkers", WorkPool="pool-a") is None
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 1
+    assert report.queue_errors == 0
