@@ -52,14 +52,23 @@ class FakePrefect:
         return next(q["id"] for q in self.queues if q["work_pool_name"] == pool and q["name"] == name)
 
     def add_runs(self, pool: str, queue: str, count: int, state_type: str, state_name: str | None = None,
-                 *, minutes_ago: float = 5.0) -> None:
+                 *, minutes_ago: float = 5.0, in_state_for_minutes: float = 1.0) -> list[str]:
         when = (NOW - timedelta(minutes=minutes_ago)).isoformat()
+        since = (NOW - timedelta(minutes=in_state_for_minutes)).isoformat()
         queue_id = self.queue_id(pool, queue)
+        ids = []
         for _ in range(count):
-            self.runs.append({"id": str(uuid.uuid4()), "work_queue_id": queue_id, "work_queue_name": queue,
-                              "state_type": state_type, "state_name": state_name or state_type.title(),
+            name = state_name or state_type.title()
+            ids.append(str(uuid.uuid4()))
+            self.runs.append({"id": ids[-1], "work_queue_id": queue_id, "work_queue_name": queue,
+                              "state_type": state_type, "state_name": name,
+                              "state": {"type": state_type, "name": name, "timestamp": since},
                               "next_scheduled_start_time": when if state_type == "SCHEDULED" else None,
                               "expected_start_time": when})
+        return ids
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return next(r for r in self.runs if r["id"] == run_id)
 
     def requests_to(self, path: str) -> int:
         return sum(1 for p, _ in self.calls if p == path)
@@ -70,6 +79,11 @@ class FakePrefect:
         for path, handler in [("/work_queues/filter", self._queues), ("/work_pools/filter", self._pools),
                               ("/flow_runs/filter", self._runs), ("/flow_runs/count", self._count)]:
             mock.add_callback(responses.POST, API + path, callback=self._serve(path, handler))
+        run_url = re.compile(re.escape(API) + r"/flow_runs/([0-9a-f-]{36})$")
+        mock.add_callback(responses.GET, run_url, callback=self._serve("GET /flow_runs/{id}", self._get_run))
+        set_state = re.compile(re.escape(API) + r"/flow_runs/([0-9a-f-]{36})/set_state")
+        mock.add_callback(responses.POST, set_state, callback=self._serve("/flow_runs/{id}/set_state",
+                                                                          self._set_state))
         workers = re.compile(re.escape(API) + r"/work_pools/([^/]+)/workers/filter")
         mock.add_callback(responses.POST, workers, callback=self._serve("/work_pools/{pool}/workers/filter",
                                                                         self._workers))
@@ -103,6 +117,20 @@ class FakePrefect:
     def _workers(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         pool = self._last_url.rsplit("/work_pools/", 1)[1].split("/")[0]
         return self._page(self.workers.get(pool, []), body)
+
+    def _run_id(self) -> str:
+        return self._last_url.split("/flow_runs/", 1)[1].split("/")[0]
+
+    def _get_run(self, _: dict[str, Any]) -> dict[str, Any]:
+        return self.run(self._run_id())
+
+    def _set_state(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = self.run(self._run_id())
+        state = body["state"]
+        run.update(state_type=state["type"], state_name=state.get("name") or state["type"].title(),
+                   state={"type": state["type"], "name": state.get("name"), "timestamp": NOW.isoformat()},
+                   next_scheduled_start_time=NOW.isoformat() if state["type"] == "SCHEDULED" else None)
+        return {"status": "ACCEPT", "state": run["state"]}
 
     def _queues(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         names = body["work_queues"]["name"]["any_"]

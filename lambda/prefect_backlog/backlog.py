@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 # State names of SCHEDULED-type runs that a worker would start as soon as they are due.
 # AwaitingConcurrencySlot is SCHEDULED too, but waits on a limit that more workers cannot lift.
@@ -26,6 +26,7 @@ class RunFacts:
     state_type: str  # SCHEDULED, PENDING, RUNNING, ...
     state_name: str
     scheduled_at: datetime | None  # next_scheduled_start_time, else expected_start_time
+    state_since: datetime | None = None  # when the run entered its current state
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class QueueBacklog:
     running: int
     oldest_late_age_seconds: float
     paused: bool  # the queue or its pool
+    stuck_pending_ids: tuple[str, ...] = ()  # Pending for longer than the configured threshold
+
+    @property
+    def stuck_pending(self) -> int:
+        return len(self.stuck_pending_ids)
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,12 @@ class QueueCounts:
     pending: int = 0
     running: int = 0
     oldest_late_at: datetime | None = None
+    stuck_pending_ids: tuple[str, ...] = ()
 
     def with_pause(self, paused: bool, now: datetime) -> QueueBacklog:
         return QueueBacklog(late=self.late, due=self.due, pending=self.pending, running=self.running,
-                            oldest_late_age_seconds=seconds_since(self.oldest_late_at, now) or 0.0, paused=paused)
+                            oldest_late_age_seconds=seconds_since(self.oldest_late_at, now) or 0.0, paused=paused,
+                            stuck_pending_ids=self.stuck_pending_ids)
 
 
 def seconds_since(moment: datetime | None, now: datetime) -> float | None:
@@ -64,34 +72,48 @@ def is_due(run: RunFacts, now: datetime) -> bool:
     return run.state_name == LATE_STATE_NAME or (run.scheduled_at is not None and run.scheduled_at <= now)
 
 
-def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: datetime) -> dict[str, QueueCounts]:
+@dataclass
+class _Tally:
+    late: int = 0
+    due: int = 0
+    pending: int = 0
+    running: int = 0
+    oldest_late_at: datetime | None = None
+    stuck: list[str] = field(default_factory=list)
+
+
+def is_stuck_pending(run: RunFacts, now: datetime, stuck_after_seconds: float) -> bool:
+    """Pending for longer than a worker needs to start a run: its worker most likely died after claiming it."""
+    return (run.state_type == "PENDING" and run.state_since is not None
+            and run.state_since <= now - timedelta(seconds=stuck_after_seconds))
+
+
+def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: datetime,
+                   stuck_after_seconds: float) -> dict[str, QueueCounts]:
     """Count each queue's runs; every queue in ``queue_ids`` gets an entry (a true 0 when it has none)."""
-    late: dict[str, int] = {}
-    due: dict[str, int] = {}
-    pending: dict[str, int] = {}
-    running: dict[str, int] = {}
-    oldest: dict[str, datetime] = {}
+    tallies: dict[str, _Tally] = {q: _Tally() for q in queue_ids}
     seen: set[str] = set()
     for run in runs:
-        if run.id in seen:  # pages read while runs change state can overlap
+        if run.id in seen or run.queue_id not in tallies:  # pages read while runs change can overlap
             continue
         seen.add(run.id)
-        queue = run.queue_id
+        tally = tallies[run.queue_id]
         if is_due(run, now):
-            due[queue] = due.get(queue, 0) + 1
+            tally.due += 1
             if run.state_name == LATE_STATE_NAME:
-                late[queue] = late.get(queue, 0) + 1
-                if run.scheduled_at is not None and (queue not in oldest or run.scheduled_at < oldest[queue]):
-                    oldest[queue] = run.scheduled_at
+                tally.late += 1
+                if run.scheduled_at is not None and (tally.oldest_late_at is None
+                                                     or run.scheduled_at < tally.oldest_late_at):
+                    tally.oldest_late_at = run.scheduled_at
         elif run.state_type == "PENDING":
-            pending[queue] = pending.get(queue, 0) + 1
+            tally.pending += 1
+            if is_stuck_pending(run, now, stuck_after_seconds):
+                tally.stuck.append(run.id)
         elif run.state_type == "RUNNING":
-            running[queue] = running.get(queue, 0) + 1
-    return {
-        q: QueueCounts(late=late.get(q, 0), due=due.get(q, 0), pending=pending.get(q, 0),
-                       running=running.get(q, 0), oldest_late_at=oldest.get(q))
-        for q in queue_ids
-    }
+            tally.running += 1
+    return {q: QueueCounts(late=t.late, due=t.due, pending=t.pending, running=t.running,
+                           oldest_late_at=t.oldest_late_at, stuck_pending_ids=tuple(t.stuck))
+            for q, t in tallies.items()}
 
 
 def queue_demand(backlog: QueueBacklog, runs_in_worker_task: bool) -> int:

@@ -29,6 +29,9 @@ DEFAULT_STACK_NAME = "PrefectEcsAutoscaler"
 # Fast mode samples every 10 s inside one invocation (EventBridge Scheduler's floor is 1 minute)
 # and publishes high-resolution metrics, so scale-out alarms can use 10 s periods.
 FAST_SAMPLE_SECONDS = 10
+# A run Pending this long has almost surely lost its worker (a worker needs seconds to minutes to start one).
+DEFAULT_STUCK_PENDING_SECONDS = 900
+DEFAULT_MAX_RESCHEDULES_PER_RUN = 10
 
 # CloudWatch Logs accepts only these retention periods.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
@@ -121,6 +124,9 @@ class Config:
     log_retention_days: int = DEFAULT_LOG_RETENTION_DAYS
     stack_name: str = DEFAULT_STACK_NAME
     fast_mode: bool = False
+    stuck_pending_seconds: int = DEFAULT_STUCK_PENDING_SECONDS
+    reschedule_stuck_pending: bool = False  # opt-in: set stuck Pending runs back to Scheduled
+    max_reschedules_per_run: int = DEFAULT_MAX_RESCHEDULES_PER_RUN
 
     @property
     def sample_interval_seconds(self) -> int:
@@ -153,6 +159,9 @@ class Config:
             "logRetentionDays": self.log_retention_days,
             "stackName": self.stack_name,
             "fastMode": self.fast_mode,
+            "stuckPendingSeconds": self.stuck_pending_seconds,
+            "rescheduleStuckPending": self.reschedule_stuck_pending,
+            "maxReschedulesPerRun": self.max_reschedules_per_run,
             "queues": [],
         }
         for queue in self.queues:
@@ -182,7 +191,8 @@ class Config:
 # --- parsing -----------------------------------------------------------------------
 
 TOP_LEVEL_KEYS = ("prefectApiUrl", "queues", "prefectAuth", "network", "metricNamespace",
-                  "schedule", "logRetentionDays", "stackName", "fastMode")
+                  "schedule", "logRetentionDays", "stackName", "fastMode", "stuckPendingSeconds",
+                  "rescheduleStuckPending", "maxReschedulesPerRun")
 QUEUE_KEYS = ("workQueue", "workPool", "cluster", "service", "minCapacity", "maxCapacity",
               "targetBacklogPerTask", "runsInWorkerTask")
 SERVICE_SETTINGS = ("minCapacity", "maxCapacity", "targetBacklogPerTask")
@@ -482,6 +492,11 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
                      DEFAULT_LOG_RETENTION_DAYS)
     stack_name = _get(problems, context, "stackName", "stackName", _stack_name, False, DEFAULT_STACK_NAME)
     fast_mode = _get(problems, context, "fastMode", "fastMode", _boolean, False, False)
+    stuck_pending = _get(problems, context, "stuckPendingSeconds", "stuckPendingSeconds", _integer(60), False,
+                         DEFAULT_STUCK_PENDING_SECONDS)
+    reschedule = _get(problems, context, "rescheduleStuckPending", "rescheduleStuckPending", _boolean, False, False)
+    max_reschedules = _get(problems, context, "maxReschedulesPerRun", "maxReschedulesPerRun", _integer(1), False,
+                           DEFAULT_MAX_RESCHEDULES_PER_RUN)
     if fast_mode and schedule != DEFAULT_SCHEDULE:
         problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
                                  f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
@@ -490,7 +505,8 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
         raise ConfigError(problems.lines)
     return Config(api_url=api_url, queues=tuple(queues), services=services, auth=auth, network=network,
                   namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name,
-                  fast_mode=fast_mode)
+                  fast_mode=fast_mode, stuck_pending_seconds=stuck_pending, reschedule_stuck_pending=reschedule,
+                  max_reschedules_per_run=max_reschedules)
 
 
 def _stack_name(value: Any) -> str:

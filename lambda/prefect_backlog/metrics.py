@@ -38,8 +38,11 @@ QUEUE_PAUSED = MetricDef("QueuePaused", Unit.NONE, "1 when the queue or its pool
 SECONDS_SINCE_LAST_POLLED = MetricDef(
     "SecondsSinceLastPolled", Unit.SECONDS,
     "Seconds since an agent/worker last polled the queue (since its creation when never polled)")
+STUCK_PENDING_FLOW_RUNS = MetricDef(
+    "StuckPendingFlowRuns", Unit.COUNT,
+    "Runs Pending for longer than stuckPendingSeconds: claimed by a worker that most likely died")
 QUEUE_METRICS = (LATE_FLOW_RUNS, DUE_FLOW_RUNS, PENDING_FLOW_RUNS, RUNNING_FLOW_RUNS, OLDEST_LATE_RUN_AGE,
-                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED)
+                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED, STUCK_PENDING_FLOW_RUNS)
 
 # Per work pool; dimension WorkPool. Workers (3.x, and 2.x workers) heartbeat; 2.x agents do not.
 ONLINE_WORKERS = MetricDef("OnlineWorkers", Unit.COUNT, "Workers of the pool whose status is ONLINE")
@@ -71,7 +74,10 @@ QUEUE_READ_ERRORS = MetricDef(
 SERVICE_READ_ERRORS = MetricDef(
     "ServiceReadErrors", Unit.COUNT, "ECS services whose scaling signal could not be computed this run")
 TICK_DURATION = MetricDef("PublisherDuration", Unit.MILLISECONDS, "Time one publisher run took")
-PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_DURATION)
+RESCHEDULED_FLOW_RUNS = MetricDef(
+    "RescheduledFlowRuns", Unit.COUNT,
+    "Stuck Pending runs set back to Scheduled this run (only with rescheduleStuckPending)")
+PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_DURATION, RESCHEDULED_FLOW_RUNS)
 
 
 def queue_dimensions(work_pool: str, work_queue: str) -> dict[str, str]:

@@ -31,7 +31,14 @@ from urllib.parse import quote
 
 import requests
 
-from prefect_backlog.backlog import DUE_STATE_NAMES, LATE_STATE_NAME, QueueCounts, RunFacts, summarize_runs
+from prefect_backlog.backlog import (
+    DUE_STATE_NAMES,
+    LATE_STATE_NAME,
+    QueueCounts,
+    RunFacts,
+    is_stuck_pending,
+    summarize_runs,
+)
 from prefect_backlog.config import AuthScheme, QueueConfig
 
 PAGE_SIZE = 200  # the API's maximum
@@ -110,17 +117,28 @@ def _run_facts(run: dict[str, Any]) -> RunFacts:
         state_type=str(run.get("state_type") or state.get("type")),
         state_name=str(run.get("state_name") or state.get("name")),
         scheduled_at=scheduled,
+        state_since=_parse_time(state.get("timestamp")),
     )
 
 
 @dataclass(frozen=True)
+class _Lookup:
+    """A per-queue call of count mode: a count, or a short list of runs summarized like a page."""
+
+    field: str  # the QueueCounts field it fills
+    flow_runs: dict[str, Any]
+    list_sort: str | None = None  # None: POST /flow_runs/count; else POST /flow_runs/filter sorted so
+    list_limit: int = PAGE_SIZE   # that the first ``list_limit`` runs are the ones that matter
+
+
+@dataclass(frozen=True)
 class _Stream:
-    """One server-side slice of a pool's runs, and how to count it per queue instead of paging."""
+    """One server-side slice of a pool's runs, and the per-queue calls that replace paging through it."""
 
     name: str
     flow_runs: dict[str, Any]
-    per_queue_counts: tuple[tuple[str, dict[str, Any]], ...]  # (QueueCounts field, flow_runs filter)
-    needs_oldest_late: bool
+    owns: tuple[str, ...]  # the QueueCounts fields this stream fills
+    per_queue: tuple[_Lookup, ...]
 
 
 def _streams(now: datetime) -> tuple[_Stream, _Stream]:
@@ -128,17 +146,18 @@ def _streams(now: datetime) -> tuple[_Stream, _Stream]:
     due_runs = {"state": {**scheduled, "name": {"any_": list(DUE_STATE_NAMES)}},
                 "next_scheduled_start_time": {"before_": _iso(now)}}
     late_runs = {"state": {**scheduled, "name": {"any_": [LATE_STATE_NAME]}}}
-    due = _Stream(name="due", flow_runs=due_runs,
-                  per_queue_counts=(("due", due_runs), ("late", late_runs)), needs_oldest_late=True)
+    pending_runs = {"state": {"type": {"any_": ["PENDING"]}}}
+    due = _Stream(
+        name="due", flow_runs=due_runs, owns=("due", "late", "oldest_late_at"),
+        per_queue=(_Lookup("due", due_runs), _Lookup("late", late_runs),
+                   _Lookup("oldest_late_at", late_runs, list_sort="NEXT_SCHEDULED_START_TIME_ASC", list_limit=1)))
     in_flight = _Stream(
-        name="in-flight",
-        flow_runs={"state": {"type": {"any_": ["PENDING", "RUNNING"]}}},
-        per_queue_counts=(
-            ("pending", {"state": {"type": {"any_": ["PENDING"]}}}),
-            ("running", {"state": {"type": {"any_": ["RUNNING"]}}}),
-        ),
-        needs_oldest_late=False,
-    )
+        name="in-flight", flow_runs={"state": {"type": {"any_": ["PENDING", "RUNNING"]}}},
+        owns=("pending", "running", "stuck_pending_ids"),
+        # Stuck runs are found among the longest-waiting Pending runs; more than a page of them
+        # in one queue is reported as a page.
+        per_queue=(_Lookup("pending", pending_runs), _Lookup("running", {"state": {"type": {"any_": ["RUNNING"]}}}),
+                   _Lookup("stuck_pending_ids", pending_runs, list_sort="EXPECTED_START_TIME_ASC")))
     return due, in_flight
 
 
@@ -314,15 +333,31 @@ class PrefectClient:
 
         return dict(zip(names, self._map(read, names), strict=True))
 
+    # --- remediation -------------------------------------------------------------------
+
+    def reschedule_if_stuck(self, run_id: str, now: datetime, stuck_after_seconds: float) -> bool:
+        """Set a stuck Pending run back to Scheduled so a healthy worker claims it; True when Prefect accepted.
+
+        The run is read again first: Prefect's set_state has no compare-and-set,
+        and a run its worker moved to Running since our read must not be touched.
+        """
+        path = f"/flow_runs/{quote(run_id, safe='')}"
+        if not is_stuck_pending(_run_facts(self.request("GET", path)), now, stuck_after_seconds):
+            return False
+        result = self.request("POST", f"{path}/set_state",
+                              {"state": {"type": "SCHEDULED", "name": "Scheduled"}, "force": False})
+        return isinstance(result, dict) and result.get("status") == "ACCEPT"
+
     # --- runs --------------------------------------------------------------------------
 
-    def read_counts(self, queues: Iterable[ResolvedQueue], now: datetime) -> dict[str, QueueCounts | PrefectError]:
+    def read_counts(self, queues: Iterable[ResolvedQueue], now: datetime,
+                    stuck_after_seconds: float) -> dict[str, QueueCounts | PrefectError]:
         """Per queue id: its run counts, or the error that kept them from being read."""
         by_pool: dict[str, list[str]] = {}
         for queue in queues:
             by_pool.setdefault(queue.pool, []).append(queue.id)
         jobs = [(pool, ids, stream) for pool, ids in by_pool.items() for stream in _streams(now)]
-        outcomes = self._map(lambda job: self._read_stream(job[1], job[2], now), jobs)
+        outcomes = self._map(lambda job: self._read_stream(job[1], job[2], now, stuck_after_seconds), jobs)
 
         merged: dict[str, QueueCounts | PrefectError] = {}
         for (pool, ids, stream), outcome in zip(jobs, outcomes, strict=True):
@@ -333,21 +368,22 @@ class PrefectClient:
                 if isinstance(outcome, PrefectError):
                     merged[queue_id] = PrefectError(f"pool {pool!r}, {stream.name} runs: {outcome}")
                 else:
-                    merged[queue_id] = _merge(previous, outcome[queue_id], stream)
+                    read = outcome[queue_id]
+                    merged[queue_id] = replace(previous, **{f: getattr(read, f) for f in stream.owns})
         return merged
 
-    def _read_stream(self, queue_ids: list[str], stream: _Stream, now: datetime) -> dict[str, QueueCounts]:
+    def _read_stream(self, queue_ids: list[str], stream: _Stream, now: datetime,
+                     stuck_after_seconds: float) -> dict[str, QueueCounts]:
         scope = {"work_pool_queues": {"id": {"any_": queue_ids}}}
         body = {"flow_runs": stream.flow_runs, **scope, "sort": "ID_DESC"}
         first = self._list("/flow_runs/filter", {**body, "limit": PAGE_SIZE, "offset": 0})
         if len(first) < PAGE_SIZE:
-            return summarize_runs(map(_run_facts, first), queue_ids, now)
+            return summarize_runs(map(_run_facts, first), queue_ids, now, stuck_after_seconds)
 
         total = self._count({"flow_runs": stream.flow_runs, **scope})
         pages_left = math.ceil(max(total - PAGE_SIZE, 0) / PAGE_SIZE)
-        counts_needed = len(queue_ids) * (len(stream.per_queue_counts) + int(stream.needs_oldest_late))
-        if pages_left * PAGE_COST_IN_COUNTS > counts_needed:
-            return self._count_per_queue(queue_ids, stream)
+        if pages_left * PAGE_COST_IN_COUNTS > len(queue_ids) * len(stream.per_queue):
+            return self._count_per_queue(queue_ids, stream, now, stuck_after_seconds)
 
         def page_of(offset: int) -> list[dict[str, Any]]:
             return self._list("/flow_runs/filter", {**body, "limit": PAGE_SIZE, "offset": offset})
@@ -365,37 +401,27 @@ class PrefectClient:
             last_page = page_of(next_offset)
             runs.extend(last_page)
             next_offset += PAGE_SIZE
-        return summarize_runs(map(_run_facts, runs), queue_ids, now)
+        return summarize_runs(map(_run_facts, runs), queue_ids, now, stuck_after_seconds)
 
-    def _count_per_queue(self, queue_ids: list[str], stream: _Stream) -> dict[str, QueueCounts]:
-        calls: list[tuple[str, str, dict[str, Any] | None]] = [
-            (queue_id, name, flow_runs) for queue_id in queue_ids for name, flow_runs in stream.per_queue_counts]
-        if stream.needs_oldest_late:
-            calls += [(queue_id, "oldest_late_at", None) for queue_id in queue_ids]
+    def _count_per_queue(self, queue_ids: list[str], stream: _Stream, now: datetime,
+                         stuck_after_seconds: float) -> dict[str, QueueCounts]:
+        calls = [(queue_id, lookup) for queue_id in queue_ids for lookup in stream.per_queue]
 
-        def call(item: tuple[str, str, dict[str, Any] | None]) -> int | datetime | None:
-            queue_id, _, flow_runs = item
-            scope = {"work_pool_queues": {"id": {"any_": [queue_id]}}}
-            if flow_runs is not None:
-                return self._count({"flow_runs": flow_runs, **scope})
-            late = {"state": {"type": {"any_": ["SCHEDULED"]}, "name": {"any_": [LATE_STATE_NAME]}}}
-            oldest = self._list("/flow_runs/filter", {"flow_runs": late, **scope, "limit": 1,
-                                                      "sort": "NEXT_SCHEDULED_START_TIME_ASC"})
-            return _run_facts(oldest[0]).scheduled_at if oldest else None
+        def call(item: tuple[str, _Lookup]) -> Any:
+            queue_id, lookup = item
+            body = {"flow_runs": lookup.flow_runs, "work_pool_queues": {"id": {"any_": [queue_id]}}}
+            if lookup.list_sort is None:
+                return self._count(body)
+            runs = self._list("/flow_runs/filter", {**body, "sort": lookup.list_sort, "limit": lookup.list_limit})
+            summary = summarize_runs(map(_run_facts, runs), [queue_id], now, stuck_after_seconds)[queue_id]
+            return getattr(summary, lookup.field)
 
         fields: dict[str, dict[str, Any]] = {queue_id: {} for queue_id in queue_ids}
-        for (queue_id, name, _), value in zip(calls, self._map(call, calls), strict=True):
+        for (queue_id, lookup), value in zip(calls, self._map(call, calls), strict=True):
             if isinstance(value, PrefectError):
                 raise value
-            fields[queue_id][name] = value
+            fields[queue_id][lookup.field] = value
         return {queue_id: QueueCounts(**values) for queue_id, values in fields.items()}
-
-
-def _merge(previous: QueueCounts, read: QueueCounts, stream: _Stream) -> QueueCounts:
-    """Take from ``read`` the fields its stream owns."""
-    if stream.needs_oldest_late:
-        return replace(previous, late=read.late, due=read.due, oldest_late_at=read.oldest_late_at)
-    return replace(previous, pending=read.pending, running=read.running)
 
 
 def _pool_name(queue: dict[str, Any], pools: dict[str, dict[str, Any]]) -> str:

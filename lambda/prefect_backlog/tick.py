@@ -55,6 +55,7 @@ class TickReport:
     services: list[ServiceResult] = field(default_factory=list)
     pools: dict[str, PoolWorkers | PrefectError] = field(default_factory=dict)
     whole_failure: str | None = None  # set when nothing could be read at all
+    rescheduled: int = 0
     prefect_requests: int = 0
     put_metric_data_calls: int = 0
     duration_ms: float = 0.0
@@ -69,6 +70,7 @@ class TickReport:
             "queueReadErrors": self.queue_errors,
             "serviceReadErrors": sum(1 for s in self.services if s.error is not None),
             "prefectRequests": self.prefect_requests,
+            "rescheduledFlowRuns": self.rescheduled,
             "putMetricDataCalls": self.put_metric_data_calls,
             "durationMs": round(self.duration_ms, 1),
             **({"wholeFailure": self.whole_failure} if self.whole_failure else {}),
@@ -89,7 +91,7 @@ def read_queues(config: Config, client: PrefectClient, now: datetime) -> tuple[l
 
     found = [r for r in resolved.values() if isinstance(r, ResolvedQueue)]
     try:
-        counts = client.read_counts(found, now)
+        counts = client.read_counts(found, now, config.stuck_pending_seconds)
     except PrefectError as exc:  # credentials rejected half-way
         cause = f"could not read flow runs: {exc}"
         return [QueueResult(config=q, error=cause) for q in config.queues], cause
@@ -144,6 +146,7 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
             Datum(metrics.RUNNING_FLOW_RUNS, dims, b.running),
             Datum(metrics.OLDEST_LATE_RUN_AGE, dims, b.oldest_late_age_seconds),
             Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
+            Datum(metrics.STUCK_PENDING_FLOW_RUNS, dims, b.stuck_pending),
         ]
         polled = seconds_since(queue.resolved.last_polled or queue.resolved.created, report.now)
         if polled is not None:
@@ -175,6 +178,8 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
         Datum(metrics.SERVICE_READ_ERRORS, dims, sum(1 for s in report.services if s.error is not None)),
         Datum(metrics.TICK_DURATION, dims, report.duration_ms),
     ]
+    if report.rescheduled:
+        data.append(Datum(metrics.RESCHEDULED_FLOW_RUNS, dims, report.rescheduled))
     return data
 
 
@@ -192,7 +197,10 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any
             log.warning("worker health not read", extra={"work_pool": pool, "cause": str(workers)})
     task_counts = describe_services(ecs, [s.key for s in config.services])
     report = TickReport(now=now, queues=queues, services=compute_services(config, queues, task_counts),
-                        pools=pools, whole_failure=whole_failure, prefect_requests=client.requests_sent)
+                        pools=pools, whole_failure=whole_failure)
+    if config.reschedule_stuck_pending:
+        report.rescheduled = reschedule_stuck_runs(config, client, queues, now)
+    report.prefect_requests = client.requests_sent
     for service in report.services:
         if service.error:
             log.warning("scaling signal not published", extra={"ecs_service": "/".join(service.config.key),
@@ -203,6 +211,29 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any
             cloudwatch, config.namespace, metric_data(report, config.stack_name), now,
             storage_resolution=config.storage_resolution)
     return report
+
+
+def reschedule_stuck_runs(config: Config, client: PrefectClient, queues: Sequence[QueueResult],
+                          now: datetime) -> int:
+    """Opt-in remediation: stuck Pending runs back to Scheduled, at most ``max_reschedules_per_run``."""
+    stuck = [(q, run_id) for q in queues if q.backlog for run_id in q.backlog.stuck_pending_ids]
+    rescheduled = 0
+    for queue, run_id in stuck[:config.max_reschedules_per_run]:
+        try:
+            accepted = client.reschedule_if_stuck(run_id, now, config.stuck_pending_seconds)
+        except PrefectError as exc:
+            log.warning("could not reschedule a stuck Pending run", extra={
+                "queue": queue.config.label, "flow_run_id": run_id, "cause": str(exc)})
+            continue
+        if accepted:
+            rescheduled += 1
+            log.info("rescheduled a stuck Pending run", extra={
+                "queue": queue.config.label, "flow_run_id": run_id,
+                "stuck_after_seconds": config.stuck_pending_seconds})
+    if len(stuck) > config.max_reschedules_per_run:
+        log.warning("more stuck Pending runs than one run may reschedule", extra={
+            "stuck": len(stuck), "max_reschedules_per_run": config.max_reschedules_per_run})
+    return rescheduled
 
 
 def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *, ecs: Any, cloudwatch: Any,

@@ -22,14 +22,14 @@ def test_summary_counts_due_late_pending_running_and_oldest_late() -> None:
             run("SCHEDULED", "Scheduled", -5),  # future: not due
             run("SCHEDULED", "AwaitingRetry", 2), run("SCHEDULED", "AwaitingConcurrencySlot", 2),
             run("PENDING", "Pending"), run("RUNNING", "Running"), run("RUNNING", "Running", 2)]
-    counts = summarize_runs(runs, ["q", "empty"], NOW)["q"].with_pause(False, NOW)
+    counts = summarize_runs(runs, ["q", "empty"], NOW, 900)["q"].with_pause(False, NOW)
     assert (counts.late, counts.due, counts.pending, counts.running) == (2, 4, 1, 2)
     assert counts.oldest_late_age_seconds == 600
 
 
 def test_every_asked_queue_gets_a_true_zero_and_duplicates_count_once() -> None:
     twice = run("SCHEDULED", "Late", run_id="same")
-    summary = summarize_runs([twice, twice], ["q", "idle"], NOW)
+    summary = summarize_runs([twice, twice], ["q", "idle"], NOW, 900)
     assert summary["q"].late == 1
     assert summary["idle"].with_pause(False, NOW) == QueueBacklog(0, 0, 0, 0, 0.0, False)
 
@@ -59,3 +59,12 @@ def test_signal_is_defined_at_zero_tasks_and_shortfall_counts_starting_tasks() -
 def test_service_demand_is_unknown_when_any_queue_is_unknown() -> None:
     assert sum_demand({0: 2, 1: 3}, [0, 1]) == 5
     assert sum_demand({0: 2, 1: None}, [0, 1]) is None
+
+
+def test_pending_runs_past_the_threshold_are_stuck() -> None:
+    fresh = RunFacts("fresh", "q", "PENDING", "Pending", NOW, state_since=NOW - timedelta(minutes=2))
+    stuck = RunFacts("stuck", "q", "PENDING", "Pending", NOW, state_since=NOW - timedelta(minutes=20))
+    unknown = RunFacts("unknown", "q", "PENDING", "Pending", NOW, state_since=None)
+    running = RunFacts("running", "q", "RUNNING", "Running", NOW, state_since=NOW - timedelta(hours=2))
+    counts = summarize_runs([fresh, stuck, unknown, running], ["q"], NOW, stuck_after_seconds=900)["q"]
+    assert counts.pending == 3 and counts.stuck_pending_ids == ("stuck",)

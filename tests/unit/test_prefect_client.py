@@ -87,7 +87,7 @@ def test_counts_from_one_page_per_pool_and_stream(prefect: FakePrefect) -> None:
     prefect.add_runs("pool-b", "default", 2, "RUNNING")
     c = client()
     queues = resolved(c, queue(0, "default", "pool-a"), queue(1, "gpu", "pool-a"), queue(2, "default", "pool-b"))
-    counts = c.read_counts(queues, NOW)
+    counts = c.read_counts(queues, NOW, 900)
     a, gpu, b = (counts[q.id] for q in queues)
     assert a == QueueCounts(late=3, due=5, pending=0, running=0, oldest_late_at=a.oldest_late_at)  # type: ignore[union-attr]
     assert (NOW - a.oldest_late_at).total_seconds() == 7 * 60  # type: ignore[union-attr,operator]
@@ -105,7 +105,7 @@ def test_many_queues_cost_requests_per_pool_not_per_queue(prefect: FakePrefect) 
         configs.append(queue(i, f"q{i}", "pool-a"))
     c = client()
     queues = resolved(c, *configs)
-    counts = c.read_counts(queues, NOW)
+    counts = c.read_counts(queues, NOW, 900)
     assert all(isinstance(v, QueueCounts) and v.late == 2 for v in counts.values())
     assert c.requests_sent <= 2 + 4  # resolution + (count + one more page) for due, one page in flight
 
@@ -114,7 +114,7 @@ def test_a_deep_backlog_on_few_queues_is_counted_not_paged(prefect: FakePrefect)
     prefect.add_runs("pool-a", "default", PAGE_SIZE * 6, "SCHEDULED", "Late", minutes_ago=4)
     c = client()
     (q,) = resolved(c, queue(0, "default", "pool-a"))
-    counts = c.read_counts([q], NOW)[q.id]
+    counts = c.read_counts([q], NOW, 900)[q.id]
     assert isinstance(counts, QueueCounts) and (counts.late, counts.due) == (1200, 1200)
     assert prefect.requests_to("/flow_runs/filter") == 1 + 1 + 1  # due page, oldest Late, in-flight page
     assert prefect.requests_to("/flow_runs/count") == 1 + 2  # plan + due and late for the one queue
@@ -127,7 +127,7 @@ def test_a_wide_deep_backlog_is_paged(prefect: FakePrefect) -> None:
         prefect.add_runs("pool-a", f"q{i}", 12, "SCHEDULED", "Late")
         configs.append(queue(i, f"q{i}", "pool-a"))
     c = client()
-    counts = c.read_counts(resolved(c, *configs), NOW)
+    counts = c.read_counts(resolved(c, *configs), NOW, 900)
     assert sum(v.late for v in counts.values() if isinstance(v, QueueCounts)) == 480
     assert prefect.requests_to("/flow_runs/filter") == 3 + 1  # 480 due runs = 3 pages, 1 in-flight page
 
@@ -203,7 +203,7 @@ def test_one_failing_pool_does_not_stop_the_others(prefect: FakePrefect) -> None
     a, b = resolved(c, queue(0, "default", "pool-a"), queue(1, "default", "pool-b"))
     prefect.faults["/flow_runs/filter"] = lambda body: (
         (500, {}, "{}") if a.id in body["work_pool_queues"]["id"]["any_"] else None)
-    counts = c.read_counts([a, b], NOW)
+    counts = c.read_counts([a, b], NOW, 900)
     assert isinstance(counts[a.id], PrefectError) and "pool 'pool-a'" in str(counts[a.id])
     assert counts[b.id] == QueueCounts()
 
@@ -240,6 +240,25 @@ def test_requests_in_flight_are_bounded_however_reads_nest(prefect: FakePrefect)
 
     prefect.faults["/flow_runs/filter"] = slow_server
     c = client(max_concurrency=3)
-    counts = c.read_counts(resolved(c, *configs), NOW)
+    counts = c.read_counts(resolved(c, *configs), NOW, 900)
     assert sum(v.late for v in counts.values() if isinstance(v, QueueCounts)) == 18 * 150
     assert 1 < peak <= 3
+
+
+def test_stuck_pending_runs_are_found_when_paging_and_when_counting(prefect: FakePrefect) -> None:
+    stuck = prefect.add_runs("pool-a", "default", 2, "PENDING", in_state_for_minutes=30)
+    prefect.add_runs("pool-a", "default", 3, "PENDING", in_state_for_minutes=1)
+    prefect.add_runs("pool-a", "gpu", 1, "PENDING", in_state_for_minutes=30)
+    c = client()
+    queues = resolved(c, queue(0, "default", "pool-a"), queue(1, "gpu", "pool-a"))
+    paged = c.read_counts(queues, NOW, 900)
+    assert set(paged[queues[0].id].stuck_pending_ids) == set(stuck)  # type: ignore[union-attr]
+    assert paged[queues[0].id].pending == 5  # type: ignore[union-attr]
+
+    prefect.add_runs("pool-a", "default", PAGE_SIZE * 6, "RUNNING")  # deep in-flight: count mode
+    counted = client().read_counts(queues, NOW, 900)
+    default = counted[queues[0].id]
+    assert isinstance(default, QueueCounts)
+    assert (default.pending, default.running) == (5, 1200)
+    assert set(default.stuck_pending_ids) == set(stuck)
+    assert len(counted[queues[1].id].stuck_pending_ids) == 1  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ Secrets Manager (AWS has no local twin; moto stands in for it in process)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -200,12 +201,23 @@ def test_handler_publishes_and_returns_a_summary(prefect: FakePrefect, aws: dict
 
 
 def test_handler_sends_the_secret_as_basic_auth_and_never_logs_it(
-        prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, capsys: pytest.CaptureFixture[str]) -> None:
+        prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, caplog: pytest.LogCaptureFixture) -> None:
     aws["secrets"].create_secret(Name="prefect/auth", SecretString="admin:s3cret-value")
-    packaged_config({**CONTEXT, "prefectAuth": {"secret": "prefect/auth", "scheme": "basic"}})
-    handler.lambda_handler({}, FakeContext())
+    packaged_config({**CONTEXT, "prefectAuth": {"secret": "prefect/auth", "scheme": "basic"},
+                     "queues": [*CONTEXT["queues"], {"workQueue": "typo", "cluster": "prefect", "service": "x",
+                                                      "maxCapacity": 1}]})
+    loggers = [logging.getLogger(name) for name in ("prefect_backlog", handler.logger.name)]
+    for logger in loggers:  # Powertools' handlers write to the stdout of import time and do not propagate
+        logger.addHandler(caplog.handler)
+    try:
+        handler.lambda_handler({}, FakeContext())
+    finally:
+        for logger in loggers:
+            logger.removeHandler(caplog.handler)
     assert set(prefect.authorizations) == {"Basic YWRtaW46czNjcmV0LXZhbHVl"}
-    assert "s3cret-value" not in capsys.readouterr().out
+    logged = "\n".join(str(record.__dict__) for record in caplog.records)  # messages with their extra fields
+    assert "published" in logged and "no work queue 'typo'" in logged  # the logs were captured
+    assert "s3cret" not in logged and "YWRtaW46czNjcmV0LXZhbHVl" not in logged
 
 
 def test_handler_fails_visibly_when_nothing_can_be_read(prefect: FakePrefect, aws: dict[str, Any],
@@ -317,3 +329,40 @@ def test_worker_health_failure_does_not_touch_the_backlog(prefect: FakePrefect, 
     assert published(cw, "OnlineWorkers", WorkPool="pool-a") is None
     assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 1
     assert report.queue_errors == 0
+
+
+def test_stuck_pending_runs_are_counted_and_left_alone_by_default(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    stuck = prefect.add_runs("pool-a", "default", 2, "PENDING", in_state_for_minutes=20)
+    report = tick(parse_config(CONTEXT), aws)
+    assert published(aws["cloudwatch"], "StuckPendingFlowRuns", WorkPool="pool-a", WorkQueue="default") == 2
+    assert report.rescheduled == 0 and prefect.requests_to("/flow_runs/{id}/set_state") == 0
+    assert {prefect.run(r)["state_type"] for r in stuck} == {"PENDING"}
+
+
+def test_opt_in_reschedules_stuck_runs_up_to_the_cap(prefect: FakePrefect, aws: dict[str, Any],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    logging.getLogger("prefect_backlog").addHandler(caplog.handler)  # Powertools' copy does not propagate
+    stuck = prefect.add_runs("pool-a", "default", 3, "PENDING", in_state_for_minutes=20)
+    fresh = prefect.add_runs("pool-a", "default", 1, "PENDING", in_state_for_minutes=1)
+    config = parse_config({**CONTEXT, "rescheduleStuckPending": True, "maxReschedulesPerRun": 2})
+    report = tick(config, aws)
+    states = [prefect.run(r)["state_type"] for r in stuck]
+    assert sorted(states) == ["PENDING", "SCHEDULED", "SCHEDULED"] and report.rescheduled == 2
+    assert prefect.run(fresh[0])["state_type"] == "PENDING"
+    assert published(aws["cloudwatch"], "RescheduledFlowRuns", Publisher="TestPublisher") == 2
+    logging.getLogger("prefect_backlog").removeHandler(caplog.handler)
+    logs = caplog.text
+    assert logs.count("rescheduled a stuck Pending run") == 2
+    assert "more stuck Pending runs than one run may reschedule" in logs
+
+
+def test_a_run_that_started_since_the_read_is_not_rescheduled(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    (run_id,) = prefect.add_runs("pool-a", "default", 1, "PENDING", in_state_for_minutes=20)
+
+    def worker_starts_it(_: dict[str, Any]) -> None:  # the worker wakes up between our read and our write
+        prefect.run(run_id).update(state_type="RUNNING", state={"type": "RUNNING", "timestamp": NOW.isoformat()})
+
+    prefect.faults["/work_pools/{pool}/workers/filter"] = worker_starts_it
+    report = tick(parse_config({**CONTEXT, "rescheduleStuckPending": True}), aws)
+    assert report.rescheduled == 0 and prefect.run(run_id)["state_type"] == "RUNNING"
+    assert prefect.requests_to("/flow_runs/{id}/set_state") == 0
