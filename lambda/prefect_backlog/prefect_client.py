@@ -189,12 +189,12 @@ class PrefectClient:
         """One API call with bounded retries; returns the decoded JSON body."""
         where = f"{method} {path}"
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise PrefectError(f"{where}: out of time before the request could be sent")
             retry_after: float | None = None
             try:
                 with self._in_flight:
+                    remaining = self.deadline - time.monotonic()  # after any wait for a free slot
+                    if remaining <= 0:
+                        raise PrefectError(f"{where}: out of time before the request could be sent")
                     with self._counter_lock:
                         self.requests_sent += 1
                     response = self._session.request(
