@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lambda"))  # the shared config schema lives there
 
 import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
 
 from infra.stack import PrefectAutoscalerStack
 from prefect_backlog.config import ConfigError, parse_config
@@ -17,6 +18,8 @@ from prefect_backlog.config import ConfigError, parse_config
 
 def main() -> None:
     app = cdk.App()
+    # cdk-nag on every synth: an unacknowledged finding fails it. Acknowledgements sit next to the code they cover.
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     try:
         config = parse_config(app.node.get_all_context())
     except ConfigError as error:

@@ -1,4 +1,4 @@
-"""The stack: one publisher for all configured queues, and scaling for each ECS service."""
+"""The stack: one publisher for all configured queues, scaling for each ECS service, and monitoring."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from aws_cdk import Duration, Stack
 from constructs import Construct
 
+from infra.monitoring import Monitoring
 from infra.packaging import build_package
 from infra.publisher import Publisher
 from infra.scaling import ServiceScaling
@@ -31,3 +32,5 @@ class PrefectAutoscalerStack(Stack):
                                         scale_out_period=Duration.seconds(config.scale_out_period_seconds))
             for service in config.services
         }
+        self.monitoring = Monitoring(self, "Monitoring", config=config, function=self.publisher.function,
+                                     scaling=self.scaling)

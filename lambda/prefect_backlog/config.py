@@ -32,6 +32,8 @@ FAST_SAMPLE_SECONDS = 10
 # A run Pending this long has almost surely lost its worker (a worker needs seconds to minutes to start one).
 DEFAULT_STUCK_PENDING_SECONDS = 900
 DEFAULT_MAX_RESCHEDULES_PER_RUN = 10
+# The monitoring alarm fires when a queue's oldest Late run has waited this long.
+DEFAULT_OLDEST_LATE_ALARM_SECONDS = 600
 
 # CloudWatch Logs accepts only these retention periods.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
@@ -43,6 +45,7 @@ AUTH_SCHEMES: tuple[AuthScheme, ...] = ("bearer", "basic")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")  # ECS cluster/service names
 _SCHEDULE_PATTERN = re.compile(r"^(rate\(\s*\d+\s+(minute|minutes|hour|hours|day|days)\s*\)|cron\(.+\))$")
 _METRIC_NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9.\-_/#:]{1,255}$")
+_EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class ConfigError(ValueError):
@@ -127,6 +130,8 @@ class Config:
     stuck_pending_seconds: int = DEFAULT_STUCK_PENDING_SECONDS
     reschedule_stuck_pending: bool = False  # opt-in: set stuck Pending runs back to Scheduled
     max_reschedules_per_run: int = DEFAULT_MAX_RESCHEDULES_PER_RUN
+    oldest_late_alarm_seconds: int = DEFAULT_OLDEST_LATE_ALARM_SECONDS
+    alarm_email: str | None = None  # None: the alarms notify nobody (no SNS topic)
 
     @property
     def sample_interval_seconds(self) -> int:
@@ -162,6 +167,7 @@ class Config:
             "stuckPendingSeconds": self.stuck_pending_seconds,
             "rescheduleStuckPending": self.reschedule_stuck_pending,
             "maxReschedulesPerRun": self.max_reschedules_per_run,
+            "oldestLateAlarmSeconds": self.oldest_late_alarm_seconds,
             "queues": [],
         }
         for queue in self.queues:
@@ -185,6 +191,8 @@ class Config:
                 "subnetIds": list(self.network.subnet_ids),
                 "securityGroupIds": list(self.network.security_group_ids),
             }
+        if self.alarm_email is not None:
+            context["alarmEmail"] = self.alarm_email
         return context
 
 
@@ -192,7 +200,7 @@ class Config:
 
 TOP_LEVEL_KEYS = ("prefectApiUrl", "queues", "prefectAuth", "network", "metricNamespace",
                   "schedule", "logRetentionDays", "stackName", "fastMode", "stuckPendingSeconds",
-                  "rescheduleStuckPending", "maxReschedulesPerRun")
+                  "rescheduleStuckPending", "maxReschedulesPerRun", "oldestLateAlarmSeconds", "alarmEmail")
 QUEUE_KEYS = ("workQueue", "workPool", "cluster", "service", "minCapacity", "maxCapacity",
               "targetBacklogPerTask", "runsInWorkerTask")
 SERVICE_SETTINGS = ("minCapacity", "maxCapacity", "targetBacklogPerTask")
@@ -305,6 +313,13 @@ def _namespace(value: Any) -> str:
     text = _string(value)
     if text.startswith("AWS/") or not _METRIC_NAMESPACE_PATTERN.match(text):
         raise ValueError("must be a custom CloudWatch namespace (not AWS/...)")
+    return text
+
+
+def _email(value: Any) -> str:
+    text = _string(value)
+    if not _EMAIL_PATTERN.match(text):
+        raise ValueError("must be one email address such as ops@example.com")
     return text
 
 
@@ -497,6 +512,9 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
     reschedule = _get(problems, context, "rescheduleStuckPending", "rescheduleStuckPending", _boolean, False, False)
     max_reschedules = _get(problems, context, "maxReschedulesPerRun", "maxReschedulesPerRun", _integer(1), False,
                            DEFAULT_MAX_RESCHEDULES_PER_RUN)
+    oldest_late_alarm = _get(problems, context, "oldestLateAlarmSeconds", "oldestLateAlarmSeconds", _integer(60),
+                             False, DEFAULT_OLDEST_LATE_ALARM_SECONDS)
+    alarm_email = _get(problems, context, "alarmEmail", "alarmEmail", _email, False, None)
     if fast_mode and schedule != DEFAULT_SCHEDULE:
         problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
                                  f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
@@ -506,7 +524,8 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
     return Config(api_url=api_url, queues=tuple(queues), services=services, auth=auth, network=network,
                   namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name,
                   fast_mode=fast_mode, stuck_pending_seconds=stuck_pending, reschedule_stuck_pending=reschedule,
-                  max_reschedules_per_run=max_reschedules)
+                  max_reschedules_per_run=max_reschedules, oldest_late_alarm_seconds=oldest_late_alarm,
+                  alarm_email=alarm_email)
 
 
 def _stack_name(value: Any) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk.assertions import Template
+from cdk_nag import AwsSolutionsChecks
 from cfnlint.api import ManualArgs, lint
 
 from infra.stack import PrefectAutoscalerStack
@@ -16,8 +17,15 @@ from prefect_backlog.config import parse_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def synth(context: dict[str, Any]) -> tuple[PrefectAutoscalerStack, Template]:
+def nag_checked_app() -> cdk.App:
+    """An app whose synth runs cdk-nag's AWS Solutions checks, as app.py's does: a finding fails it."""
     app = cdk.App()
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return app
+
+
+def synth(context: dict[str, Any]) -> tuple[PrefectAutoscalerStack, Template]:
+    app = nag_checked_app()
     config = parse_config(context)
     stack = PrefectAutoscalerStack(app, config.stack_name, config=config)
     return stack, Template.from_stack(stack)
