@@ -46,6 +46,8 @@ SUSTAINED_MINUTES = 10
 # The publisher alarms look at its last runs: failing in 2 of the last 3, or silent for 3 in a row.
 FAILING_RUNS, FAILING_WINDOW_RUNS = 2, 3
 SILENT_RUNS = 3
+# Workers not taking runs: unpolled with due runs, or runs stuck in Pending, for this many minutes in a row.
+WORKER_MINUTES = 3
 MAX_DESCRIPTION = 1024  # CloudWatch's limit for AlarmDescription
 MAX_ALARM_NAME = 255
 MAX_ALARMS_PER_STATUS_WIDGET = 100  # CloudWatch's limit for one alarm status widget
@@ -117,6 +119,10 @@ def _construct_id(kind: str, *names: str | None) -> str:
     digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:8]
     readable = re.sub(r"[^A-Za-z0-9-]", "-", "-".join(n or "any-pool" for n in names))
     return f"{kind}-{readable}-{digest}"
+
+
+def _in_alarm(alarm: cloudwatch.IAlarm) -> cloudwatch.IAlarmRule:
+    return cloudwatch.AlarmRule.from_alarm(alarm, cloudwatch.AlarmState.ALARM)
 
 
 def _queue_name(queue: QueueConfig) -> str:
@@ -273,45 +279,73 @@ class Monitoring(Construct):
             task logs, image, work pool and queue names), and whether the queue or its pool is paused or at a
             concurrency limit in Prefect.""")
 
-        paused_description = f"""Work queue {name} is paused in Prefect (the queue itself or its work pool)
-            while flow runs are due on it, and has been for {SUSTAINED_MINUTES} minutes. Paused queues hand
-            out no runs and add no demand, so ECS service {service.cluster}/{service.service} is not scaled for
-            them and they wait.
-            What to do: if the pause is deliberate, nothing (the runs start when it is resumed); otherwise resume
-            the queue or pool in the Prefect UI or with `prefect work-queue resume` / `prefect work-pool
-            resume`."""
+        blocked_description = f"""Flow runs are due on work queue {name} but cannot start, and have not
+            for {SUSTAINED_MINUTES} minutes: the queue or its work pool is paused in Prefect (QueuePaused), or its
+            concurrency limit or its pool's is used up (ConcurrencyLimited). More tasks cannot help, so ECS service
+            {service.cluster}/{service.service} is not scaled for these runs and they wait. What to do: if this is
+            deliberate, nothing; otherwise resume the queue or pool (Prefect UI, `prefect work-queue resume`,
+            `prefect work-pool resume`) or raise the concurrency limit, and check for runs that hold slots without
+            running (StuckPendingFlowRuns)."""
+        unpolled_seconds = self.config.unpolled_alarm_seconds
+        where = f"{service.cluster}/{service.service}"
+        workers_description = f"""Work queue {name}: no agent/worker has polled it for {unpolled_seconds} s
+            while runs are due (SecondsSinceLastPolled), or runs have been Pending for more than
+            {self.config.stuck_pending_seconds} s (StuckPendingFlowRuns, a worker died after claiming them), for
+            {WORKER_MINUTES} minutes. What to do: check that the tasks of ECS service {where} are running and
+            healthy (task logs, image, PREFECT_API_URL, credentials) and poll this pool and queue;
+            for stuck runs, cancel or reschedule them in Prefect, or set rescheduleStuckPending in cdk.json."""
         if queue.work_pool is not None:
-            held = cloudwatch.MathExpression(
-                expression="IF(paused > 0 AND due > 0, 1, 0)",
-                using_metrics={"paused": self._queue_alarm_metric(queue, metrics.QUEUE_PAUSED, "MIN"),
-                               "due": self._queue_alarm_metric(queue, metrics.DUE_FLOW_RUNS, "MIN")},
-                period=PERIOD, label="Paused with due runs")
-            self._alarm(f"{cid}-PausedBacklog", f"paused backlog {name}", metric=held, threshold=1,
-                        comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                        evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
-                        missing=cloudwatch.TreatMissingData.MISSING, description=paused_description)
+            def at(definition: metrics.MetricDef) -> cloudwatch.IMetric:
+                return self._queue_alarm_metric(queue, definition, "MIN")
+
+            self._alarm(f"{cid}-PausedBacklog", f"blocked backlog {name}", metric=cloudwatch.MathExpression(
+                expression="IF((paused > 0 OR limited > 0) AND due > 0, 1, 0)",
+                using_metrics={"paused": at(metrics.QUEUE_PAUSED), "limited": at(metrics.CONCURRENCY_LIMITED),
+                               "due": at(metrics.DUE_FLOW_RUNS)},
+                period=PERIOD, label="Due runs that cannot start"),
+                threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
+                missing=cloudwatch.TreatMissingData.MISSING, description=blocked_description)
+            self._alarm(f"{cid}-Workers", f"workers not taking runs {name}", metric=cloudwatch.MathExpression(
+                expression=f"IF((polled > {self.config.unpolled_alarm_seconds} AND due > 0) OR stuck > 0, 1, 0)",
+                using_metrics={"polled": at(metrics.SECONDS_SINCE_LAST_POLLED), "due": at(metrics.DUE_FLOW_RUNS),
+                               "stuck": at(metrics.STUCK_PENDING_FLOW_RUNS)},
+                period=PERIOD, label="Unpolled with due runs, or stuck Pending"),
+                threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=WORKER_MINUTES, datapoints=WORKER_MINUTES,
+                missing=cloudwatch.TreatMissingData.MISSING, description=workers_description)
             return
-        # Metrics Insights does not mix with metric math: two alarms, combined by a composite alarm.
-        part = "Part of the composite alarm '{}'; it notifies nobody itself. {}"
-        composite_name = self._alarm_name(f"paused backlog {name}")
-        paused = self._alarm(
-            f"{cid}-Paused", f"paused {name}", metric=self._queue_alarm_metric(queue, metrics.QUEUE_PAUSED, "MIN"),
-            threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
-            missing=cloudwatch.TreatMissingData.MISSING, notify=False,
-            description=part.format(composite_name, f"Work queue {name} or its pool is paused in Prefect."))
-        due = self._alarm(
-            f"{cid}-Due", f"due runs {name}", metric=self._queue_alarm_metric(queue, metrics.DUE_FLOW_RUNS, "MIN"),
-            threshold=0, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
-            missing=cloudwatch.TreatMissingData.MISSING, notify=False,
-            description=part.format(composite_name, f"Flow runs are due on work queue {name}."))
-        composite = cloudwatch.CompositeAlarm(
-            self, f"{cid}-PausedBacklog", composite_alarm_name=composite_name,
-            alarm_description=self._description(paused_description),
-            alarm_rule=cloudwatch.AlarmRule.all_of(cloudwatch.AlarmRule.from_alarm(paused, cloudwatch.AlarmState.ALARM),
-                                                   cloudwatch.AlarmRule.from_alarm(due, cloudwatch.AlarmState.ALARM)))
-        self.alarms.append(composite)
+        # Metrics Insights does not mix with metric math: one alarm per condition, combined by composite alarms.
+        gt = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
+        blocked = self._alarm_name(f"blocked backlog {name}")
+        paused = self._part(queue, cid, "Paused", blocked, metrics.QUEUE_PAUSED, 0, gt, SUSTAINED_MINUTES)
+        limited = self._part(queue, cid, "Limited", blocked, metrics.CONCURRENCY_LIMITED, 0, gt, SUSTAINED_MINUTES)
+        due = self._part(queue, cid, "Due", blocked, metrics.DUE_FLOW_RUNS, 0, gt, SUSTAINED_MINUTES)
+        self._composite(f"{cid}-PausedBacklog", blocked, blocked_description, cloudwatch.AlarmRule.all_of(
+            cloudwatch.AlarmRule.any_of(_in_alarm(paused), _in_alarm(limited)), _in_alarm(due)))
+        workers = self._alarm_name(f"workers not taking runs {name}")
+        unpolled = self._part(queue, cid, "Unpolled", workers, metrics.SECONDS_SINCE_LAST_POLLED,
+                              self.config.unpolled_alarm_seconds, gt, WORKER_MINUTES)
+        due_now = self._part(queue, cid, "DueNow", workers, metrics.DUE_FLOW_RUNS, 0, gt, WORKER_MINUTES)
+        stuck = self._part(queue, cid, "Stuck", workers, metrics.STUCK_PENDING_FLOW_RUNS, 0, gt, WORKER_MINUTES)
+        self._composite(f"{cid}-Workers", workers, workers_description, cloudwatch.AlarmRule.any_of(
+            cloudwatch.AlarmRule.all_of(_in_alarm(unpolled), _in_alarm(due_now)), _in_alarm(stuck)))
+
+    def _part(self, queue: QueueConfig, cid: str, kind: str, composite_name: str, definition: metrics.MetricDef,
+              threshold: float, comparison: cloudwatch.ComparisonOperator, minutes: int) -> cloudwatch.Alarm:
+        """One Metrics Insights condition of a composite alarm; it notifies nobody itself."""
+        return self._alarm(
+            f"{cid}-{kind}", f"{kind.lower()} {_queue_name(queue)}",
+            metric=self._queue_alarm_metric(queue, definition, "MIN"), threshold=threshold, comparison=comparison,
+            evaluation_periods=minutes, datapoints=minutes, missing=cloudwatch.TreatMissingData.MISSING,
+            notify=False, description=(f"Part of the composite alarm '{composite_name}'; it notifies nobody itself. "
+                                       f"{definition.name} of work queue {_queue_name(queue)}: "
+                                       f"{definition.description}."))
+
+    def _composite(self, construct_id: str, name: str, description: str, rule: cloudwatch.IAlarmRule) -> None:
+        self.alarms.append(cloudwatch.CompositeAlarm(
+            self, construct_id, composite_alarm_name=name, alarm_description=self._description(description),
+            alarm_rule=rule))
 
     def _service_alarm(self, service: ServiceConfig) -> None:
         in_task = any(self.config.queues[i].runs_in_worker_task for i in service.queue_indexes)
@@ -366,9 +400,11 @@ class Monitoring(Construct):
         dashboard.add_widgets(cloudwatch.TextWidget(width=24, height=2, markdown=(
             f"# {config.stack_name}: Prefect backlog and ECS scaling\n"
             f"Metrics in namespace `{config.namespace}`, published by Lambda `{self.function.function_name}` "
-            f"({config.schedule}). Alarms: oldest Late run over {config.oldest_late_alarm_seconds} s, queue paused "
-            f"with due runs or service at maximum with runs waiting for {SUSTAINED_MINUTES} min, publisher failing "
-            "or silent.")))
+            f"({config.schedule}). Alarms: oldest Late run over {config.oldest_late_alarm_seconds} s; due runs "
+            f"that cannot start (queue or pool paused, concurrency limit used up) or a service at its maximum with "
+            f"runs waiting, for {SUSTAINED_MINUTES} min; workers not taking runs (unpolled over "
+            f"{config.unpolled_alarm_seconds} s with due runs, or runs stuck in Pending); publisher failing or "
+            "silent.")))
         status = [*self.alarms, *scale_out]
         for start in range(0, len(status), MAX_ALARMS_PER_STATUS_WIDGET):
             dashboard.add_widgets(cloudwatch.AlarmStatusWidget(
@@ -431,8 +467,9 @@ class Monitoring(Construct):
                 left=[self._queue_graph_metric(queue, metrics.OLDEST_LATE_RUN_AGE)],
                 left_annotations=[threshold], left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
             cloudwatch.GraphWidget(
-                title=f"{name}: paused, seconds since last polled", width=6,
-                left=[self._queue_graph_metric(queue, metrics.QUEUE_PAUSED)],
+                title=f"{name}: paused or limited, seconds since last polled", width=6,
+                left=[self._queue_graph_metric(queue, metrics.QUEUE_PAUSED),
+                      self._queue_graph_metric(queue, metrics.CONCURRENCY_LIMITED)],
                 right=[self._queue_graph_metric(queue, metrics.SECONDS_SINCE_LAST_POLLED)],
                 left_y_axis=cloudwatch.YAxisProps(min=0, max=1, show_units=False),
                 right_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),

@@ -38,6 +38,7 @@ class QueueBacklog:
     oldest_late_age_seconds: float
     paused: bool  # the queue or its pool
     stuck_pending_ids: tuple[str, ...] = ()  # Pending for longer than the configured threshold
+    concurrency_limited: bool = False  # the queue's or its pool's concurrency limit is used up
 
     @property
     def stuck_pending(self) -> int:
@@ -55,10 +56,19 @@ class QueueCounts:
     oldest_late_at: datetime | None = None
     stuck_pending_ids: tuple[str, ...] = ()
 
-    def with_pause(self, paused: bool, now: datetime) -> QueueBacklog:
+    def with_queue_state(self, now: datetime, *, paused: bool, queue_limit: int | None,
+                         pool_limit_full: bool = False) -> QueueBacklog:
+        """The published backlog, once the queue's pause state and concurrency limits are known."""
+        in_use = self.pending + self.running
         return QueueBacklog(late=self.late, due=self.due, pending=self.pending, running=self.running,
                             oldest_late_age_seconds=seconds_since(self.oldest_late_at, now) or 0.0, paused=paused,
-                            stuck_pending_ids=self.stuck_pending_ids)
+                            stuck_pending_ids=self.stuck_pending_ids,
+                            concurrency_limited=pool_limit_full or limit_reached(queue_limit, in_use))
+
+
+def limit_reached(limit: int | None, in_use: int | None) -> bool:
+    """A Prefect concurrency limit (None: no limit) that leaves no slot for another run."""
+    return limit is not None and in_use is not None and in_use >= limit
 
 
 def seconds_since(moment: datetime | None, now: datetime) -> float | None:
@@ -119,12 +129,12 @@ def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: date
 def queue_demand(backlog: QueueBacklog, runs_in_worker_task: bool) -> int:
     """Flow runs that need this queue's worker tasks.
 
-    Due runs behind a paused queue or pool are not demand: more workers cannot
-    start them. Runs in flight are demand only when they execute inside the
+    Due runs behind a paused queue or pool, or behind a used-up concurrency
+    limit, are not demand: more workers cannot start them. Runs in flight are demand only when they execute inside the
     worker's own task (Process worker): scaling that task in would kill them,
     and they still need it even while the queue is paused.
     """
-    waiting = 0 if backlog.paused else backlog.due
+    waiting = 0 if backlog.paused or backlog.concurrency_limited else backlog.due
     in_flight = backlog.pending + backlog.running if runs_in_worker_task else 0
     return waiting + in_flight
 

@@ -34,6 +34,8 @@ DEFAULT_STUCK_PENDING_SECONDS = 900
 DEFAULT_MAX_RESCHEDULES_PER_RUN = 10
 # The monitoring alarm fires when a queue's oldest Late run has waited this long.
 DEFAULT_OLDEST_LATE_ALARM_SECONDS = 600
+# Workers poll every 10 s (2.x agents every 15 s): five quiet minutes with runs due means none is polling.
+DEFAULT_UNPOLLED_ALARM_SECONDS = 300
 
 # CloudWatch Logs accepts only these retention periods.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
@@ -131,6 +133,7 @@ class Config:
     reschedule_stuck_pending: bool = False  # opt-in: set stuck Pending runs back to Scheduled
     max_reschedules_per_run: int = DEFAULT_MAX_RESCHEDULES_PER_RUN
     oldest_late_alarm_seconds: int = DEFAULT_OLDEST_LATE_ALARM_SECONDS
+    unpolled_alarm_seconds: int = DEFAULT_UNPOLLED_ALARM_SECONDS
     alarm_email: str | None = None  # None: the alarms notify nobody (no SNS topic)
 
     @property
@@ -168,6 +171,7 @@ class Config:
             "rescheduleStuckPending": self.reschedule_stuck_pending,
             "maxReschedulesPerRun": self.max_reschedules_per_run,
             "oldestLateAlarmSeconds": self.oldest_late_alarm_seconds,
+            "unpolledAlarmSeconds": self.unpolled_alarm_seconds,
             "queues": [],
         }
         for queue in self.queues:
@@ -200,7 +204,8 @@ class Config:
 
 TOP_LEVEL_KEYS = ("prefectApiUrl", "queues", "prefectAuth", "network", "metricNamespace",
                   "schedule", "logRetentionDays", "stackName", "fastMode", "stuckPendingSeconds",
-                  "rescheduleStuckPending", "maxReschedulesPerRun", "oldestLateAlarmSeconds", "alarmEmail")
+                  "rescheduleStuckPending", "maxReschedulesPerRun", "oldestLateAlarmSeconds", "unpolledAlarmSeconds",
+                  "alarmEmail")
 QUEUE_KEYS = ("workQueue", "workPool", "cluster", "service", "minCapacity", "maxCapacity",
               "targetBacklogPerTask", "runsInWorkerTask")
 SERVICE_SETTINGS = ("minCapacity", "maxCapacity", "targetBacklogPerTask")
@@ -514,6 +519,8 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
                            DEFAULT_MAX_RESCHEDULES_PER_RUN)
     oldest_late_alarm = _get(problems, context, "oldestLateAlarmSeconds", "oldestLateAlarmSeconds", _integer(60),
                              False, DEFAULT_OLDEST_LATE_ALARM_SECONDS)
+    unpolled_alarm = _get(problems, context, "unpolledAlarmSeconds", "unpolledAlarmSeconds", _integer(60), False,
+                          DEFAULT_UNPOLLED_ALARM_SECONDS)
     alarm_email = _get(problems, context, "alarmEmail", "alarmEmail", _email, False, None)
     if fast_mode and schedule != DEFAULT_SCHEDULE:
         problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
@@ -525,7 +532,7 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
                   namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name,
                   fast_mode=fast_mode, stuck_pending_seconds=stuck_pending, reschedule_stuck_pending=reschedule,
                   max_reschedules_per_run=max_reschedules, oldest_late_alarm_seconds=oldest_late_alarm,
-                  alarm_email=alarm_email)
+                  unpolled_alarm_seconds=unpolled_alarm, alarm_email=alarm_email)
 
 
 def _stack_name(value: Any) -> str:

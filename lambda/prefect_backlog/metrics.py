@@ -41,8 +41,12 @@ SECONDS_SINCE_LAST_POLLED = MetricDef(
 STUCK_PENDING_FLOW_RUNS = MetricDef(
     "StuckPendingFlowRuns", Unit.COUNT,
     "Runs Pending for longer than stuckPendingSeconds: claimed by a worker that most likely died")
+CONCURRENCY_LIMITED = MetricDef(
+    "ConcurrencyLimited", Unit.NONE,
+    "1 when the queue's concurrency limit (or its pool's, on 3.x) is used up: due runs wait on the limit, "
+    "not on workers, and add no demand")
 QUEUE_METRICS = (LATE_FLOW_RUNS, DUE_FLOW_RUNS, PENDING_FLOW_RUNS, RUNNING_FLOW_RUNS, OLDEST_LATE_RUN_AGE,
-                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED, STUCK_PENDING_FLOW_RUNS)
+                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED, STUCK_PENDING_FLOW_RUNS, CONCURRENCY_LIMITED)
 
 # Per work pool; dimension WorkPool. Workers (3.x, and 2.x workers) heartbeat; 2.x agents do not.
 ONLINE_WORKERS = MetricDef("OnlineWorkers", Unit.COUNT, "Workers of the pool whose status is ONLINE")

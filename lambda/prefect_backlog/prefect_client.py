@@ -83,6 +83,8 @@ class ResolvedQueue:
     queue_paused: bool
     pool_paused: bool
     concurrency_limit: int | None
+    pool_concurrency_limit: int | None
+    pool_active_slots: int | None  # 3.x only: runs holding the pool's slots
     last_polled: datetime | None
     created: datetime | None
 
@@ -314,7 +316,8 @@ class PrefectClient:
             results[queue.index] = ResolvedQueue(
                 config_index=queue.index, id=queue_id, name=str(raw["name"]), pool=_pool_name(raw, pools),
                 queue_paused=bool(raw.get("is_paused")), pool_paused=bool(pool.get("is_paused")),
-                concurrency_limit=raw.get("concurrency_limit"), last_polled=_parse_time(raw.get("last_polled")),
+                concurrency_limit=raw.get("concurrency_limit"), pool_concurrency_limit=pool.get("concurrency_limit"),
+                pool_active_slots=pool.get("active_slots"), last_polled=_parse_time(raw.get("last_polled")),
                 created=_parse_time(raw.get("created")),
             )
         return results

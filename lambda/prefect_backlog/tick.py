@@ -14,7 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from prefect_backlog import metrics
-from prefect_backlog.backlog import QueueBacklog, ServiceSignal, queue_demand, seconds_since, service_signal, sum_demand
+from prefect_backlog.backlog import (
+    QueueBacklog,
+    ServiceSignal,
+    limit_reached,
+    queue_demand,
+    seconds_since,
+    service_signal,
+    sum_demand,
+)
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 from prefect_backlog.prefect_client import PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
 from prefect_backlog.publishing import Datum, EcsReadError, TaskCounts, describe_services, put_metric_data
@@ -106,7 +114,10 @@ def read_queues(config: Config, client: PrefectClient, now: datetime) -> tuple[l
         if isinstance(read, PrefectError):
             results.append(QueueResult(config=queue, resolved=outcome, error=f"{queue.label}: {read}"))
         else:
-            results.append(QueueResult(config=queue, resolved=outcome, backlog=read.with_pause(outcome.paused, now)))
+            backlog = read.with_queue_state(
+                now, paused=outcome.paused, queue_limit=outcome.concurrency_limit,
+                pool_limit_full=limit_reached(outcome.pool_concurrency_limit, outcome.pool_active_slots))
+            results.append(QueueResult(config=queue, resolved=outcome, backlog=backlog))
     if results and all(r.error for r in results):
         return results, "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
     return results, None
@@ -147,6 +158,7 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
             Datum(metrics.OLDEST_LATE_RUN_AGE, dims, b.oldest_late_age_seconds),
             Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
             Datum(metrics.STUCK_PENDING_FLOW_RUNS, dims, b.stuck_pending),
+            Datum(metrics.CONCURRENCY_LIMITED, dims, int(b.concurrency_limited)),
         ]
         polled = seconds_since(queue.resolved.last_polled or queue.resolved.created, report.now)
         if polled is not None:

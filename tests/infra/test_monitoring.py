@@ -135,7 +135,7 @@ def test_dashboard_shows_every_alarm_and_the_scale_out_alarms(full: Template) ->
     body = dashboard_body(full)
     shown = [k for k, p in monitoring_alarms(full).items() if "composite alarm" not in flatten(p["AlarmDescription"])]
     scale_out = full.find_resources("AWS::CloudWatch::Alarm", {"Properties": {"MetricName": "TaskShortfall"}})
-    assert len(shown) == 8 and len(scale_out) == 2
+    assert len(shown) == 10 and len(scale_out) == 2
     for logical_id in [*shown, *scale_out]:
         assert f'"Fn::GetAtt": ["{logical_id}", "Arn"]' in body, logical_id
 
@@ -144,11 +144,11 @@ def test_dashboard_shows_every_alarm_and_the_scale_out_alarms(full: Template) ->
 
 
 def test_alarm_set_per_queue_service_and_publisher(plain: Template, full: Template) -> None:
-    # publisher failing + silent; per queue oldest Late + paused backlog; per service at-max
-    assert len(monitoring_alarms(plain)) == 2 + 2 + 1
-    # the queue without workPool: its paused-backlog alarm is a composite over two Metrics Insights alarms
-    assert len(monitoring_alarms(full)) == 2 + 2 + (2 + 2) + 2 * 1
-    full.resource_count_is("AWS::CloudWatch::CompositeAlarm", 1)
+    # publisher failing + silent; per queue oldest Late, blocked backlog, workers; per service at-max
+    assert len(monitoring_alarms(plain)) == 2 + 3 + 1
+    # the queue without workPool: blocked backlog and workers are composites over three Metrics Insights alarms each
+    assert len(monitoring_alarms(full)) == 2 + 3 + (1 + 4 + 4) + 2 * 1
+    full.resource_count_is("AWS::CloudWatch::CompositeAlarm", 2)
     plain.resource_count_is("AWS::CloudWatch::CompositeAlarm", 0)
 
 
@@ -231,31 +231,50 @@ def test_at_max_capacity_alarm_is_metric_math_on_desired_tasks_and_demand(full: 
     assert expression["Expression"] == "IF(desired >= 50 AND demand > 100, 1, 0)"
 
 
-def test_paused_backlog_alarm_is_metric_math_for_a_known_pool(plain: Template) -> None:
-    props = alarm(plain, "Plain paused backlog ecs-pool/default")
+def test_blocked_backlog_alarm_is_metric_math_for_a_known_pool(plain: Template) -> None:
+    props = alarm(plain, "Plain blocked backlog ecs-pool/default")
     assert (props["Threshold"], props["ComparisonOperator"], props["TreatMissingData"]) == (
         1, "GreaterThanOrEqualToThreshold", "missing")
     (expression,) = [m for m in props["Metrics"] if m.get("ReturnData")]
-    assert expression["Expression"] == "IF(paused > 0 AND due > 0, 1, 0)"
+    assert expression["Expression"] == "IF((paused > 0 OR limited > 0) AND due > 0, 1, 0)"
     inputs = {m["Id"]: m["MetricStat"]["Metric"]["MetricName"] for m in props["Metrics"] if "MetricStat" in m}
-    assert inputs == {"paused": "QueuePaused", "due": "DueFlowRuns"}
+    assert inputs == {"paused": "QueuePaused", "limited": "ConcurrencyLimited", "due": "DueFlowRuns"}
 
 
-def test_paused_backlog_alarm_is_a_composite_for_a_queue_without_work_pool(full: Template) -> None:
-    paused = alarm(full, "Full paused gpu (any pool)")
-    due = alarm(full, "Full due runs gpu (any pool)")
-    assert paused["Metrics"][0]["Expression"].startswith("SELECT MIN(QueuePaused) FROM SCHEMA(\"Prefect/Prod\"")
-    assert (paused["Threshold"], paused["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
-    assert due["Metrics"][0]["Expression"].startswith("SELECT MIN(DueFlowRuns) FROM SCHEMA(\"Prefect/Prod\"")
-    assert (due["Threshold"], due["ComparisonOperator"]) == (0, "GreaterThanThreshold")
-    for part in (paused, due):
-        assert "AlarmActions" not in part and "OKActions" not in part  # the composite notifies, once
-    (composite,) = full.find_resources("AWS::CloudWatch::CompositeAlarm").values()
-    rule = flatten(composite["Properties"]["AlarmRule"])
-    assert re.fullmatch(r'\(ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Paused\w+", "Arn"\]\}"\) AND '
-                        r'ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Due\w+", "Arn"\]\}"\)\)', rule)
-    assert composite["Properties"]["AlarmName"] == "Full paused backlog gpu (any pool)"
-    assert "What to do:" in composite["Properties"]["AlarmDescription"]
+def test_workers_alarm_is_metric_math_for_a_known_pool(plain: Template) -> None:
+    props = alarm(plain, "Plain workers not taking runs ecs-pool/default")
+    assert (props["EvaluationPeriods"], props["DatapointsToAlarm"], props["TreatMissingData"]) == (3, 3, "missing")
+    (expression,) = [m for m in props["Metrics"] if m.get("ReturnData")]
+    assert expression["Expression"] == "IF((polled > 300 AND due > 0) OR stuck > 0, 1, 0)"
+    inputs = {m["Id"]: m["MetricStat"]["Metric"]["MetricName"] for m in props["Metrics"] if "MetricStat" in m}
+    assert inputs == {"polled": "SecondsSinceLastPolled", "due": "DueFlowRuns", "stuck": "StuckPendingFlowRuns"}
+    assert "What to do:" in props["AlarmDescription"]
+
+
+def composite(template: Template, name: str) -> dict[str, Any]:
+    (found,) = [r["Properties"] for r in template.find_resources("AWS::CloudWatch::CompositeAlarm").values()
+                if r["Properties"]["AlarmName"] == name]
+    return found
+
+
+def test_queue_alarms_are_composites_for_a_queue_without_work_pool(full: Template) -> None:
+    parts = {kind: alarm(full, f"Full {kind} gpu (any pool)")
+             for kind in ("paused", "limited", "due", "unpolled", "duenow", "stuck")}
+    for kind, metric in [("paused", "QueuePaused"), ("limited", "ConcurrencyLimited"), ("due", "DueFlowRuns"),
+                         ("unpolled", "SecondsSinceLastPolled"), ("stuck", "StuckPendingFlowRuns")]:
+        assert parts[kind]["Metrics"][0]["Expression"].startswith(
+            f"SELECT MIN({metric}) FROM SCHEMA(\"Prefect/Prod\""), kind
+        assert parts[kind]["ComparisonOperator"] == "GreaterThanThreshold"
+        assert "AlarmActions" not in parts[kind] and "OKActions" not in parts[kind]  # the composite notifies, once
+    assert parts["unpolled"]["Threshold"] == 300 and parts["paused"]["Threshold"] == 0
+    blocked = flatten(composite(full, "Full blocked backlog gpu (any pool)")["AlarmRule"])
+    assert re.fullmatch(r'\(\(ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Paused\w+", "Arn"\]\}"\) OR '
+                        r'ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Limited\w+", "Arn"\]\}"\)\) AND '
+                        r'ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Due\w+", "Arn"\]\}"\)\)', blocked), blocked
+    workers = flatten(composite(full, "Full workers not taking runs gpu (any pool)")["AlarmRule"])
+    assert re.fullmatch(r'\(\(ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Unpolled\w+", "Arn"\]\}"\) AND '
+                        r'ALARM\("\{"Fn::GetAtt": \["Monitoring\w+DueNow\w+", "Arn"\]\}"\)\) OR '
+                        r'ALARM\("\{"Fn::GetAtt": \["Monitoring\w+Stuck\w+", "Arn"\]\}"\)\)', workers), workers
 
 
 # --- notifications ---------------------------------------------------------------------
@@ -274,7 +293,7 @@ def test_alarm_email_subscribes_to_one_topic_that_every_alarm_notifies(full: Tem
         "Protocol": "email", "Endpoint": "ops@example.com", "TopicArn": topic_ref(full)})
     notifying = {k: p for k, p in monitoring_alarms(full).items()
                  if "composite alarm" not in flatten(p["AlarmDescription"])}
-    assert len(notifying) == 8
+    assert len(notifying) == 10
     for logical_id, props in notifying.items():
         assert props["AlarmActions"] == [topic_ref(full)] and props["OKActions"] == [topic_ref(full)], logical_id
 

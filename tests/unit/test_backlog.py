@@ -22,7 +22,7 @@ def test_summary_counts_due_late_pending_running_and_oldest_late() -> None:
             run("SCHEDULED", "Scheduled", -5),  # future: not due
             run("SCHEDULED", "AwaitingRetry", 2), run("SCHEDULED", "AwaitingConcurrencySlot", 2),
             run("PENDING", "Pending"), run("RUNNING", "Running"), run("RUNNING", "Running", 2)]
-    counts = summarize_runs(runs, ["q", "empty"], NOW, 900)["q"].with_pause(False, NOW)
+    counts = summarize_runs(runs, ["q", "empty"], NOW, 900)["q"].with_queue_state(NOW, paused=False, queue_limit=None)
     assert (counts.late, counts.due, counts.pending, counts.running) == (2, 4, 1, 2)
     assert counts.oldest_late_age_seconds == 600
 
@@ -31,7 +31,7 @@ def test_every_asked_queue_gets_a_true_zero_and_duplicates_count_once() -> None:
     twice = run("SCHEDULED", "Late", run_id="same")
     summary = summarize_runs([twice, twice], ["q", "idle"], NOW, 900)
     assert summary["q"].late == 1
-    assert summary["idle"].with_pause(False, NOW) == QueueBacklog(0, 0, 0, 0, 0.0, False)
+    assert summary["idle"].with_queue_state(NOW, paused=False, queue_limit=None) == QueueBacklog(0, 0, 0, 0, 0.0, False)
 
 
 @pytest.mark.parametrize(("paused", "in_task", "expected"), [
@@ -68,3 +68,19 @@ def test_pending_runs_past_the_threshold_are_stuck() -> None:
     running = RunFacts("running", "q", "RUNNING", "Running", NOW, state_since=NOW - timedelta(hours=2))
     counts = summarize_runs([fresh, stuck, unknown, running], ["q"], NOW, stuck_after_seconds=900)["q"]
     assert counts.pending == 3 and counts.stuck_pending_ids == ("stuck",)
+
+
+@pytest.mark.parametrize(("queue_limit", "pool_full", "limited", "demand"), [
+    (None, False, False, 5),
+    (4, False, True, 0),   # 1 Pending + 3 Running fill a limit of 4: due runs wait on the limit
+    (5, False, False, 5),
+    (None, True, True, 0),  # the pool's limit is used up
+])
+def test_a_used_up_concurrency_limit_holds_the_backlog_but_adds_no_demand(
+        queue_limit: int | None, pool_full: bool, limited: bool, demand: int) -> None:
+    counts = summarize_runs([run("SCHEDULED", "Late", 2, run_id=f"l{i}") for i in range(5)]
+                            + [run("PENDING", "Pending", run_id="p")]
+                            + [run("RUNNING", "Running", run_id=f"r{i}") for i in range(3)], ["q"], NOW, 900)["q"]
+    backlog = counts.with_queue_state(NOW, paused=False, queue_limit=queue_limit, pool_limit_full=pool_full)
+    assert backlog.concurrency_limited is limited and backlog.late == 5
+    assert queue_demand(backlog, runs_in_worker_task=False) == demand

@@ -366,3 +366,17 @@ def test_a_run_that_started_since_the_read_is_not_rescheduled(prefect: FakePrefe
     report = tick(parse_config({**CONTEXT, "rescheduleStuckPending": True}), aws)
     assert report.rescheduled == 0 and prefect.run(run_id)["state_type"] == "RUNNING"
     assert prefect.requests_to("/flow_runs/{id}/set_state") == 0
+
+
+def test_concurrency_limited_queue_is_reported_and_adds_no_demand(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.queues[0]["concurrency_limit"] = 1  # pool-a/default
+    prefect.add_runs("pool-a", "default", 1, "RUNNING")
+    prefect.add_runs("pool-a", "default", 3, "SCHEDULED", "Late")
+    prefect.pools["pool-b"].update(concurrency_limit=2, active_slots=2)  # 3.x reports the pool's slots in use
+    prefect.add_runs("pool-b", "default", 2, "SCHEDULED", "Late")
+    tick(parse_config(CONTEXT), aws)
+    cw = aws["cloudwatch"]
+    assert published(cw, "ConcurrencyLimited", WorkPool="pool-a", WorkQueue="default") == 1
+    assert published(cw, "ConcurrencyLimited", WorkPool="pool-b", WorkQueue="default") == 1
+    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 3
+    assert published(cw, "DemandFlowRuns", ClusterName="prefect", ServiceName="ecs-worker") == 0
