@@ -68,3 +68,25 @@ def test_canonical_form_round_trips(extra: dict[str, Any]) -> None:
 def test_bad_monitoring_settings_name_the_field(ctx: dict[str, Any], expected: str) -> None:
     problems = problems_of(ctx)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_operator_thresholds_for_workers_and_stuck_runs() -> None:
+    defaults = parse_config(context())
+    assert (defaults.unpolled_alarm_seconds, defaults.stuck_pending_seconds) == (300, 900)
+    assert (defaults.reschedule_stuck_pending, defaults.max_reschedules_per_run) == (False, 10)
+    given = parse_config(context(unpolledAlarmSeconds=120, stuckPendingSeconds="600", rescheduleStuckPending="true",
+                                 maxReschedulesPerRun=3))
+    assert (given.unpolled_alarm_seconds, given.stuck_pending_seconds) == (120, 600)
+    assert (given.reschedule_stuck_pending, given.max_reschedules_per_run) == (True, 3)
+    assert parse_config(given.to_context()) == given
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (context(unpolledAlarmSeconds=30), "unpolledAlarmSeconds: must be at least 60"),
+    (context(stuckPendingSeconds="soon"), "stuckPendingSeconds: must be a whole number"),
+    (context(rescheduleStuckPending=1), "rescheduleStuckPending: must be true or false"),
+    (context(maxReschedulesPerRun=0), "maxReschedulesPerRun: must be at least 1"),
+    (context(unpoledAlarmSeconds=300), "unpoledAlarmSeconds: unknown key (did you mean 'unpolledAlarmSeconds'?)"),
+])
+def test_bad_operator_thresholds_name_the_field(ctx: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)
