@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda:$(CURDIR)
 
-.PHONY: setup synth test unit lint integration prefect-venvs dry-run clean
+.PHONY: setup demo synth test unit lint integration prefect-venvs dry-run clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -21,7 +21,12 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## Main job: synthesize the stack from the example config in cdk.json and summarize it (no AWS account needed).
+## Main job: the whole loop locally (real Prefect 3 server, publisher, moto, simulated scaling); chart in out/
+demo: setup
+	bash scripts/install-prefect.sh 3 .venvs/prefect3
+	$(PY) -m demo.run
+
+## Synthesize the stack from the example config in cdk.json and summarize it (no AWS account needed).
 synth: setup
 	cdk synth --quiet
 	$(PY) -m infra.summary cdk.out

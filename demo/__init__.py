@@ -1,0 +1,1 @@
+"""The local demo of the whole loop (see demo/run.py)."""

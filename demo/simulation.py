@@ -1,0 +1,195 @@
+"""What Application Auto Scaling and ECS would do with the published signal: pure functions, one cycle at a time.
+
+The demo publishes real metrics; AWS is not there to act on them, so this
+module plays its part. The parameters (capacity bounds, target value, step
+adjustments) are read from the synthesized CloudFormation template, so the
+simulation follows what would be deployed, not a copy of it.
+
+One *cycle* stands for one publisher sample, i.e. one CloudWatch period
+(60 s in production), compressed to a few seconds. The rules modelled:
+
+* target tracking: ``capacity = ceil(running * BacklogPerTask / target)``,
+  clamped to [min, max]. AWS acts only once its managed alarms fire: the high
+  alarm after 3 datapoints above the target, the low alarm after 15 below 90 %
+  of it (compressed here to a few cycles). Proportional math cannot leave 0
+  running tasks;
+* step scale-out: one datapoint of ``TaskShortfall`` at or above the alarm
+  threshold adds the adjustment of the matching step (bounds are relative to
+  the threshold, as in ``StepScalingPolicyConfiguration``). It never scales in;
+* when several policies act, the largest capacity wins; when none acts, the
+  desired count stays. Missing data (nothing published) is no action;
+* ECS: tasks asked for in one cycle are running in the next.
+
+Cooldowns are left out: the step policy's 60 s is one cycle, and the target
+tracking scale-in cooldown only matters after a first scale-in, which here
+already goes to what the backlog needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TRACKING_SCALE_OUT_DATAPOINTS = 3  # AWS: 3 one-minute datapoints above the target
+TRACKING_SCALE_IN_DATAPOINTS = 5  # AWS: 15 one-minute datapoints; compressed so the demo stays short
+TRACKING_SCALE_IN_RATIO = 0.9  # AWS's low alarm fires below 90 % of the target
+
+
+# --- the deployed parameters, from the template -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepAdjustment:
+    """One step of a step scaling policy; bounds are relative to the alarm threshold."""
+
+    lower: float | None  # inclusive; None: minus infinity
+    upper: float | None  # exclusive; None: plus infinity
+    change: int
+
+    def matches(self, breach: float) -> bool:
+        """Whether a metric ``breach`` (metric value minus threshold) falls in this step."""
+        return (self.lower is None or breach >= self.lower) and (self.upper is None or breach < self.upper)
+
+
+@dataclass(frozen=True)
+class ServicePolicies:
+    """The scalable target and both policies the template deploys for one ECS service."""
+
+    resource_id: str  # service/<cluster>/<service>
+    min_capacity: int
+    max_capacity: int
+    target_value: float  # target tracking's BacklogPerTask
+    step_threshold: float  # the step policy's alarm threshold on TaskShortfall
+    step_adjustments: tuple[StepAdjustment, ...]
+
+
+def policies_from_template(template: Mapping[str, Any]) -> dict[str, ServicePolicies]:
+    """Every scalable target of a synthesized template with its policies, by ``ResourceId``.
+
+    Policies point at their target with ``ScalingTargetId: {"Ref": ...}`` and
+    alarms at their policy with ``AlarmActions: [{"Ref": ...}]``.
+    """
+    resources: Mapping[str, Any] = template["Resources"]
+
+    def of_type(kind: str) -> dict[str, Mapping[str, Any]]:
+        return {rid: r["Properties"] for rid, r in resources.items() if r["Type"] == kind}
+
+    alarms = of_type("AWS::CloudWatch::Alarm").values()
+    policies = of_type("AWS::ApplicationAutoScaling::ScalingPolicy")
+    found = {}
+    for target_id, target in of_type("AWS::ApplicationAutoScaling::ScalableTarget").items():
+        mine = {pid: p for pid, p in policies.items() if p["ScalingTargetId"] == {"Ref": target_id}}
+        tracking = next(p["TargetTrackingScalingPolicyConfiguration"] for p in mine.values()
+                        if p["PolicyType"] == "TargetTrackingScaling")
+        step_id, step = next((pid, p["StepScalingPolicyConfiguration"]) for pid, p in mine.items()
+                             if p["PolicyType"] == "StepScaling")
+        alarm = next(a for a in alarms if {"Ref": step_id} in a["AlarmActions"])
+        if alarm["ComparisonOperator"] != "GreaterThanOrEqualToThreshold":
+            raise ValueError(f"unexpected step alarm for {target['ResourceId']}: {alarm['ComparisonOperator']}")
+        found[target["ResourceId"]] = ServicePolicies(
+            resource_id=target["ResourceId"],
+            min_capacity=int(target["MinCapacity"]),
+            max_capacity=int(target["MaxCapacity"]),
+            target_value=float(tracking["TargetValue"]),
+            step_threshold=float(alarm["Threshold"]),
+            step_adjustments=tuple(
+                StepAdjustment(lower=s.get("MetricIntervalLowerBound"), upper=s.get("MetricIntervalUpperBound"),
+                               change=int(s["ScalingAdjustment"]))
+                for s in step["StepAdjustments"]),
+        )
+    return found
+
+
+# --- the policies -----------------------------------------------------------------------------
+
+
+def clamp(capacity: int, policies: ServicePolicies) -> int:
+    """``capacity`` within the scalable target's bounds."""
+    return max(policies.min_capacity, min(policies.max_capacity, capacity))
+
+
+def tracking_capacity(running: int, backlog_per_task: float, target_value: float) -> int:
+    """Target tracking's proportional answer, unclamped: 0 whenever nothing runs."""
+    return math.ceil(round(running * backlog_per_task / target_value, 6))  # round: 3 * (7/3) is 7.000000000000001
+
+
+@dataclass(frozen=True)
+class TrackingAlarms:
+    """How many datapoints in a row the target-tracking high and low alarms have seen breaching."""
+
+    high: int = 0
+    low: int = 0
+
+
+def next_alarms(alarms: TrackingAlarms, backlog_per_task: float | None, target_value: float) -> TrackingAlarms:
+    """The alarms after one more datapoint; a missing datapoint breaches neither."""
+    if backlog_per_task is None:
+        return TrackingAlarms()
+    above = backlog_per_task > target_value
+    below = backlog_per_task < target_value * TRACKING_SCALE_IN_RATIO
+    return TrackingAlarms(high=alarms.high + 1 if above else 0, low=alarms.low + 1 if below else 0)
+
+
+def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_task: float | None,
+                 running: int, desired: int) -> int | None:
+    """The capacity target tracking sets this cycle, or None when it does not act.
+
+    It scales out once the high alarm has fired, in once the low alarm has,
+    and only in that alarm's direction.
+    """
+    if backlog_per_task is None:
+        return None
+    capacity = clamp(tracking_capacity(running, backlog_per_task, policies.target_value), policies)
+    if alarms.high >= TRACKING_SCALE_OUT_DATAPOINTS and capacity > desired:
+        return capacity
+    if alarms.low >= TRACKING_SCALE_IN_DATAPOINTS and capacity < desired:
+        return capacity
+    return None
+
+
+def step_change(policies: ServicePolicies, task_shortfall: float) -> int | None:
+    """The step adjustment for one ``TaskShortfall`` datapoint, or None when the alarm does not fire."""
+    if task_shortfall < policies.step_threshold:
+        return None
+    breach = task_shortfall - policies.step_threshold
+    return next((s.change for s in policies.step_adjustments if s.matches(breach)), None)
+
+
+def step_ask(policies: ServicePolicies, task_shortfall: float | None, desired: int) -> int | None:
+    """The capacity the step policy sets this cycle (desired + its adjustment), or None."""
+    change = None if task_shortfall is None else step_change(policies, task_shortfall)
+    return None if change is None else clamp(desired + change, policies)
+
+
+def next_desired(desired: int, asks: Iterable[int | None]) -> int:
+    """Largest capacity among the policies that act; unchanged when none does."""
+    acting = [a for a in asks if a is not None]
+    return max(acting) if acting else desired
+
+
+# --- the work ---------------------------------------------------------------------------------
+
+
+def claims_this_cycle(running_tasks: int, claims_per_task: int, waiting: int, in_flight: int,
+                      runs_per_task: int | None) -> int:
+    """How many due runs the service's running tasks pick up in one cycle.
+
+    Each task claims up to ``claims_per_task`` runs per cycle. A worker whose
+    runs live in its own task (``runs_per_task`` set: a Process worker's
+    concurrency) also stops at ``running_tasks * runs_per_task`` runs in flight.
+    """
+    budget = running_tasks * claims_per_task
+    if runs_per_task is not None:
+        budget = min(budget, running_tasks * runs_per_task - in_flight)
+    return max(0, min(budget, waiting))
+
+
+def next_run_state(state: str, cycles_in_state: int, run_cycles: int) -> str:
+    """A claimed run's lifecycle: PENDING for one cycle, RUNNING for ``run_cycles``, then COMPLETED."""
+    if state == "PENDING" and cycles_in_state >= 1:
+        return "RUNNING"
+    if state == "RUNNING" and cycles_in_state >= run_cycles:
+        return "COMPLETED"
+    return state
