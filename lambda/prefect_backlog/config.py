@@ -290,9 +290,13 @@ def _integer(minimum: int) -> Callable[[Any], int]:
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("must be a number")
-    if not math.isfinite(value) or value <= 0:
+    try:
+        number = float(value)
+    except OverflowError:  # a whole number too large for a float
+        raise ValueError("must be a number greater than 0 and below 1e308") from None
+    if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a number greater than 0")
-    return float(value)
+    return number
 
 
 def _api_url(value: Any) -> str:
@@ -364,6 +368,8 @@ def _queue_list(value: Any) -> list[Any]:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"is a string that is not valid JSON ({exc.msg} at position {exc.pos})") from None
+        except RecursionError:
+            raise ValueError("is a string nested too deeply to be a list of queue entries") from None
     if not isinstance(value, list):
         raise TypeError("must be a list of queue entries")
     if not value:

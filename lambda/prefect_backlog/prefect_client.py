@@ -435,10 +435,15 @@ def _pool_name(queue: dict[str, Any], pools: dict[str, dict[str, Any]]) -> str:
 def _retry_after_seconds(header: str | None) -> float | None:
     if not header:
         return None
+    """Seconds to wait, from a number or an HTTP date; None when the header says nothing usable."""
     try:
         return max(0.0, float(header))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(header) if header else None
-        if parsed is None:
-            return None
-        return max(0.0, (parsed - datetime.now(UTC)).total_seconds())
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if parsed.tzinfo is None:  # "-0000" means UTC without saying so
+        parsed = parsed.replace(tzinfo=UTC)
+    return max(0.0, (parsed - datetime.now(UTC)).total_seconds())

@@ -14,6 +14,7 @@ from typing import Any
 import requests
 
 Json = dict[str, Any]
+DEFAULT_AGENT_POOL = "default-agent-pool"  # where Prefect 2.x keeps queues made without a pool
 
 
 def iso(dt: datetime) -> str:
@@ -121,6 +122,23 @@ class BacklogClient:
         dep = self.create_deployment(self.create_flow(flow_name), f"{pool}--{queue}", pool, queue)
         return Target(pool, queue, str(queue_obj["id"]), str(pool_obj["id"]), dep)
 
+    def agent_target(self, queue: str, flow_name: str = "backlog-probe") -> Target:
+        """A pool-less queue as Prefect 2.x agents use it, and a deployment that names only the queue.
+
+        ``POST /work_queues/`` and a deployment without ``work_pool_name`` put the queue in
+        ``default-agent-pool`` (2.x creates that pool on first use).
+        """
+        resp = self.request("POST", "/work_queues/", {"name": queue}, ok=(409,))
+        queue_obj = resp.json() if resp.status_code != 409 else None
+        flow_id = self.create_flow(flow_name)
+        body = {"name": f"agent--{queue}", "flow_id": flow_id, "work_queue_name": queue}
+        dep = str(self.post("/deployments/", body)["id"])
+        if queue_obj is None:
+            found = self.post("/work_queues/filter", {"work_queues": {"name": {"any_": [queue]}}})
+            queue_obj = next(q for q in found if q.get("work_pool_name") == DEFAULT_AGENT_POOL)
+        pool_id = str(queue_obj["work_pool_id"])
+        return Target(DEFAULT_AGENT_POOL, queue, str(queue_obj["id"]), pool_id, dep)
+
     # -- flow runs ---------------------------------------------------------
     def create_run(self, deployment_id: str, state: Json, **fields: Any) -> Json:
         body = {"state": state, **fields}
@@ -153,6 +171,11 @@ class BacklogClient:
         self.set_state(run["id"], "PENDING")
         self.set_state(run["id"], "RUNNING")
         return self.get_run(run["id"])
+
+    def run_in_state(self, deployment_id: str, name: str, age: timedelta = timedelta(minutes=10)) -> Json:
+        """A SCHEDULED-type run with state ``name`` (e.g. "AwaitingRetry", "AwaitingConcurrencySlot"),
+        due ``age`` ago."""
+        return self.create_run(deployment_id, _scheduled(-age, name))
 
     def get_run(self, run_id: str) -> Json:
         return dict(self.get(f"/flow_runs/{run_id}"))
