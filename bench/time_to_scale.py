@@ -1,0 +1,233 @@
+"""Worst-case time from a flow run becoming due to the scale-out alarm going to ALARM, read from the template.
+
+    PYTHONPATH=lambda:. .venv/bin/python -m bench.time_to_scale [--context cdk.json] [--fast-mode] [--json]
+    PYTHONPATH=lambda:. .venv/bin/python -m bench.time_to_scale --template cdk.out/PrefectEcsAutoscaler.template.json
+
+By default the stack is synthesized in-process from the configuration in
+``cdk.json`` (``infra.stack.PrefectAutoscalerStack`` read back with
+``aws_cdk.assertions.Template``); ``--template`` reads one ``cdk synth`` wrote
+instead (the Lambda package is then found through the function's
+``aws:asset:path`` metadata beside it).
+
+    worst case = sampling interval + Late-marking delay + datapoints to alarm x alarm period
+
+* sampling interval: how often the backlog is read. The schedule's rate
+  (``AWS::Scheduler::Schedule``), unless the package configuration
+  (``publisher_config.json`` in the Lambda asset) gives an in-invocation
+  interval under ``SAMPLE_INTERVAL_KEY`` (fast mode samples inside each
+  invocation; the key is not exposed yet, so fast mode reports it unknown);
+* Late-marking delay: 0 for ours, whose TaskShortfall counts a Scheduled run
+  as due the moment its start time passes (``DUE_STATE_NAMES`` holds
+  "Scheduled"); the baseline publishes only Late runs, which Prefect marks
+  15 s after they were due, in a loop that runs every 5 s;
+* the alarm: the step scale-out alarm on ``TaskShortfall`` (Period,
+  DatapointsToAlarm of EvaluationPeriods). The baseline uses target tracking
+  on ``LateFlowRuns``, whose AWS-managed alarm needs 3 one-minute datapoints.
+
+Not counted, the same for both: the time a tick takes to read and publish,
+CloudWatch's alarm evaluation lag, and ECS starting the task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect_backlog.backlog import DUE_STATE_NAMES
+from prefect_backlog.metrics import TASK_SHORTFALL
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_CONFIG = Path("prefect_backlog") / "publisher_config.json"
+# The package-config key that will carry fast mode's in-invocation sampling interval (seconds).
+# Until it exists the sampling interval is the schedule's rate, which is right for the default mode only.
+SAMPLE_INTERVAL_KEY = "sampleIntervalSeconds"
+
+# Prefect's Late marker (server service): a Scheduled run is marked Late once it is
+# LATE_RUNS_AFTER_SECONDS overdue, checked in a loop every LOOP_SECONDS.
+PREFECT_LATE_AFTER_SECONDS = 15
+PREFECT_LATE_LOOP_SECONDS = 5
+# The baseline recipe: a 1-minute schedule, target tracking on LateFlowRuns (3 one-minute datapoints).
+BASELINE_SAMPLING_SECONDS = 60
+BASELINE_PERIOD_SECONDS = 60
+BASELINE_DATAPOINTS = 3
+
+TARGET_DEFAULT_SECONDS = 120
+
+_RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True)
+class TimeToScale:
+    name: str
+    sampling_interval_s: float | None  # None: not known from the template (see SAMPLE_INTERVAL_KEY)
+    sampling_source: str
+    late_delay_s: float
+    period_s: float
+    datapoints_to_alarm: int
+    alarm: str
+
+    @property
+    def worst_case_s(self) -> float | None:
+        if self.sampling_interval_s is None:
+            return None
+        return self.sampling_interval_s + self.late_delay_s + self.datapoints_to_alarm * self.period_s
+
+
+# --- reading the template -------------------------------------------------------------------
+
+
+def resources(template: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template.get("Resources", {}).items() if v.get("Type") == kind}
+
+
+def schedule_seconds(template: Mapping[str, Any]) -> float:
+    """The publisher schedule's rate in seconds (there is one schedule; a cron expression is not a rate)."""
+    schedules = resources(template, "AWS::Scheduler::Schedule")
+    if len(schedules) != 1:
+        raise ValueError(f"expected one AWS::Scheduler::Schedule, found {len(schedules)}")
+    expression = next(iter(schedules.values()))["Properties"]["ScheduleExpression"]
+    match = _RATE.match(expression)
+    if not match:
+        raise ValueError(f"schedule {expression!r} is not a rate(...) expression")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")]
+
+
+def step_scale_out_alarms(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Alarms on TaskShortfall whose action is a StepScaling policy: the scale-out path, per service."""
+    step_policies = {k for k, v in resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
+                     if v["Properties"].get("PolicyType") == "StepScaling"}
+    alarms = {}
+    for logical_id, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
+        props = alarm["Properties"]
+        actions = {a.get("Ref") for a in props.get("AlarmActions", []) if isinstance(a, dict)}
+        if props.get("MetricName") == TASK_SHORTFALL.name and actions & step_policies:
+            alarms[logical_id] = props
+    if not alarms:
+        raise ValueError(f"no step scaling alarm on {TASK_SHORTFALL.name} in the template")
+    return alarms
+
+
+def package_config(template: Mapping[str, Any], asset_root: Path) -> dict[str, Any] | None:
+    """The configuration packaged into the publisher Lambda (None when the asset is not on disk)."""
+    for function in resources(template, "AWS::Lambda::Function").values():
+        path = function.get("Metadata", {}).get("aws:asset:path")
+        if path and (asset_root / path / PACKAGE_CONFIG).is_file():
+            loaded: dict[str, Any] = json.loads((asset_root / path / PACKAGE_CONFIG).read_text())
+            return loaded
+    return None
+
+
+def ours(template: Mapping[str, Any], packaged: Mapping[str, Any] | None) -> TimeToScale:
+    """Our worst case, for the slowest step scale-out alarm in the template."""
+    if packaged is not None and packaged.get(SAMPLE_INTERVAL_KEY) is not None:
+        sampling: float | None = float(packaged[SAMPLE_INTERVAL_KEY])
+        source = f"package config {SAMPLE_INTERVAL_KEY}"
+    elif packaged is not None and packaged.get("fastMode"):
+        sampling, source = None, f"fast mode: in-invocation interval not in the package config ({SAMPLE_INTERVAL_KEY})"
+    else:
+        sampling, source = schedule_seconds(template), "schedule rate"
+    late_delay = 0.0 if "Scheduled" in DUE_STATE_NAMES else PREFECT_LATE_AFTER_SECONDS + PREFECT_LATE_LOOP_SECONDS
+
+    def cost(props: Mapping[str, Any]) -> float:
+        return int(props.get("DatapointsToAlarm", props["EvaluationPeriods"])) * float(props["Period"])
+
+    name, props = max(step_scale_out_alarms(template).items(), key=lambda item: cost(item[1]))
+    return TimeToScale(
+        name="ours (step scale-out on TaskShortfall)", sampling_interval_s=sampling, sampling_source=source,
+        late_delay_s=late_delay, period_s=float(props["Period"]),
+        datapoints_to_alarm=int(props.get("DatapointsToAlarm", props["EvaluationPeriods"])),
+        alarm=f"{name}: {props.get('DatapointsToAlarm', props['EvaluationPeriods'])} of "
+              f"{props['EvaluationPeriods']} x {props['Period']} s")
+
+
+def baseline() -> TimeToScale:
+    return TimeToScale(
+        name="baseline (target tracking on LateFlowRuns)", sampling_interval_s=BASELINE_SAMPLING_SECONDS,
+        sampling_source="rate(1 minute)", late_delay_s=PREFECT_LATE_AFTER_SECONDS + PREFECT_LATE_LOOP_SECONDS,
+        period_s=BASELINE_PERIOD_SECONDS, datapoints_to_alarm=BASELINE_DATAPOINTS,
+        alarm="AWS-managed target-tracking alarm: 3 of 3 x 60 s")
+
+
+# --- getting a template -----------------------------------------------------------------------
+
+
+def synthesize(context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Synthesize the stack in-process; the template and the configuration packaged into the Lambda."""
+    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+    import aws_cdk as cdk  # starts jsii's node process: only when synthesizing
+    from aws_cdk.assertions import Template
+
+    from infra.stack import PrefectAutoscalerStack
+    from prefect_backlog.config import parse_config
+
+    config = parse_config(dict(context))
+    outdir = Path(tempfile.mkdtemp(prefix="time-to-scale-"))
+    try:
+        # Asset metadata (what the CLI turns on) says which staged directory is the Lambda's code.
+        app = cdk.App(outdir=str(outdir), context={"aws:cdk:enable-asset-metadata": True})
+        stack = PrefectAutoscalerStack(app, config.stack_name, config=config)
+        template = dict(Template.from_stack(stack).to_json())
+        return template, package_config(template, outdir)
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def load_context(path: Path, fast_mode: bool) -> dict[str, Any]:
+    context = dict(json.loads(path.read_text()).get("context", {}))
+    if fast_mode:
+        context["fastMode"] = True
+    return context
+
+
+def render(rows: Sequence[TimeToScale]) -> str:
+    lines = ["| signal | sampling s | Late delay s | datapoints x period s | worst case s | alarm |",
+             "|---|---:|---:|---:|---:|---|"]
+    for row in rows:
+        sampling = "unknown" if row.sampling_interval_s is None else f"{row.sampling_interval_s:g}"
+        worst = "unknown" if row.worst_case_s is None else f"{row.worst_case_s:g}"
+        lines.append(f"| {row.name} | {sampling} ({row.sampling_source}) | {row.late_delay_s:g} "
+                     f"| {row.datapoints_to_alarm} x {row.period_s:g} | {worst} | {row.alarm} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.time_to_scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--context", type=Path, default=REPO_ROOT / "cdk.json",
+                        help="cdk.json whose context is synthesized (default: the example cdk.json)")
+    parser.add_argument("--template", type=Path, help="read this synthesized template instead (e.g. from cdk.out)")
+    parser.add_argument("--fast-mode", action="store_true", help="synthesize with fastMode: true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    if args.template:
+        template = json.loads(args.template.read_text())
+        packaged = package_config(template, args.template.parent)
+    else:
+        template, packaged = synthesize(load_context(args.context, args.fast_mode))
+    rows = [ours(template, packaged), baseline()]
+    default, base = rows
+    if args.json:
+        print(json.dumps([asdict(r) | {"worst_case_s": r.worst_case_s} for r in rows], indent=1))
+    else:
+        print(render(rows))
+        if default.worst_case_s is not None and base.worst_case_s is not None:
+            verdict = "met" if default.worst_case_s <= TARGET_DEFAULT_SECONDS else "MISSED"
+            print(f"\nours {default.worst_case_s:g} s vs baseline {base.worst_case_s:g} s "
+                  f"({base.worst_case_s / default.worst_case_s:.2f}x faster); "
+                  f"target <= {TARGET_DEFAULT_SECONDS} s: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
