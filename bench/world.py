@@ -168,7 +168,7 @@ class CountingSession(requests.Session):
         self._lock = threading.Lock()
         self.latency = latency
         self.count: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {}
         self.sent: list[tuple[str, str, Any]] = []
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
@@ -181,7 +181,7 @@ class CountingSession(requests.Session):
             key = f"{method!s} {endpoint(str(url))}"
             with self._lock:
                 self.count[key] += 1
-                self.seconds[key] += time.perf_counter() - began
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - began
                 self.sent.append((str(method), str(url), kwargs.get("json")))
 
 
