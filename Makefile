@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda:$(CURDIR)
 
-.PHONY: setup demo synth test unit lint integration prefect-venvs dry-run clean
+.PHONY: setup demo synth test unit lint integration prefect-venvs dry-run bench time-to-scale clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -51,6 +51,15 @@ integration: setup prefect-venvs
 ## One publisher run against any Prefect API, printing what would be published: make dry-run ARGS="--api-url http://127.0.0.1:4200/api"
 dry-run: setup
 	$(PY) -m prefect_backlog.dry_run $(ARGS)
+
+## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server (~9 min); docs/performance.md
+bench: setup
+	bash scripts/install-prefect.sh 3 .venvs/prefect3
+	$(PY) -m bench.run $(ARGS)
+
+## Worst-case time from a due flow run to the scale-out alarm, default and fast mode vs the baseline (~10 s)
+time-to-scale: setup
+	$(PY) -m bench.time_to_scale $(ARGS)
 
 clean:
 	rm -rf cdk.out .build .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Benchmark one publisher tick against the per-queue baseline, on a real Prefect 3.x server and moto.
 
     PYTHONPATH=lambda:. .venv/bin/python -m bench.run [--sizes 1,50,200,500] [--ticks 5] [--deep 5x1000]
+        [--latency-ms 5,20]      (or: make bench ARGS="...")
 
 Starts one Prefect 3.x server (``--no-services``, SQLite, 127.0.0.1) and one
 ``moto_server`` (127.0.0.1), then for each size N adds queues until N exist
@@ -10,7 +11,9 @@ runs, alternating which goes first, one warm-up and ``--ticks`` timed ticks of
 
 * ours: ``prefect_backlog.tick.run_tick`` with a config from ``parse_config``
   and a fresh ``PrefectClient`` (and HTTP session) per tick, as a Lambda
-  invocation has;
+  invocation has, all sharing one ``DepthMemory`` per scenario as the
+  handler's warm container does (the warm-up tick starts without it: a cold
+  start, reported as "first tick");
 * the baseline (``bench/baseline.py``): per queue one ``/flow_runs/count`` and
   one ``PutMetricData``, sequentially;
 
@@ -64,7 +67,7 @@ from bench.world import (
     seed_ecs,
 )
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_client import PrefectClient
+from prefect_backlog.prefect_client import DepthMemory, PrefectClient
 from prefect_backlog.publishing import MAX_DATA_PER_PUT, MAX_SERVICES_PER_DESCRIBE
 from prefect_backlog.tick import run_tick
 
@@ -94,10 +97,12 @@ class Bench:
 
     # --- one tick of each ----------------------------------------------------------
 
-    def ours(self, config: Config, plans: Sequence[QueuePlan]) -> tuple[dict[str, Any], dict[tuple[str, str], int]]:
+    def ours(self, config: Config, plans: Sequence[QueuePlan],
+             memory: DepthMemory) -> tuple[dict[str, Any], dict[tuple[str, str], int]]:
         self.ours_aws.reset()
         session = CountingSession(self.latency)
-        client = PrefectClient(config.api_url, deadline=time.monotonic() + READ_BUDGET_SECONDS, session=session)
+        client = PrefectClient(config.api_url, deadline=time.monotonic() + READ_BUDGET_SECONDS, session=session,
+                               depth_memory=memory)
         wall, cpu = time.perf_counter(), time.process_time()
         report = run_tick(config, client, ecs=self.ecs, cloudwatch=self.ours_cloudwatch, now=datetime.now(UTC))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -198,13 +203,14 @@ class Bench:
         ticks = self.ticks if ticks is None else ticks
         config = parse_config(config_context(self.api_url, plans))
         self.latency.seconds = latency_ms / 1000
+        # One per scenario, as the handler keeps one per container: the warm-up tick starts without it.
+        depth_memory = DepthMemory()
         runs: dict[str, Callable[[], tuple[dict[str, Any], dict[tuple[str, str], int]]]] = {
-            "ours": lambda: self.ours(config, plans),
+            "ours": lambda: self.ours(config, plans, depth_memory),
             "baseline": lambda: self.baseline(plans),
         }
         began = time.monotonic()
-        for run in runs.values():  # warm-up: connections, server caches, lazy imports
-            run()
+        first_ticks = {which: run()[0] for which, run in runs.items()}  # warm-up: connections, caches, memory
         samples: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
         late_equal = 0
         for tick in range(ticks):
@@ -241,6 +247,7 @@ class Bench:
             "late_equal_ticks": late_equal,
             "peak_tracemalloc_bytes": peak,
             "samples": samples,
+            "first_ticks": first_ticks,
             "replay": replayed,
             "alternatives": self.alternatives(plans) if alternatives else None,
             "seconds": time.monotonic() - began,
@@ -313,6 +320,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     aws_target = math.ceil(data / MAX_DATA_PER_PUT) + math.ceil(result["services"] / MAX_SERVICES_PER_DESCRIBE)
     peak = result["peak_tracemalloc_bytes"]
     summary = {
+        # The warm-up tick: new connections, and for ours an empty depth memory (a Lambda cold start).
+        "ours_first_wall_s": result["first_ticks"]["ours"]["wall_s"],
+        "ours_first_prefect_requests": result["first_ticks"]["ours"]["prefect_requests"],
         "ours_wall_s": median(ours, "wall_s"),
         "ours_wall_min_s": min(s["wall_s"] for s in ours),
         "ours_wall_max_s": max(s["wall_s"] for s in ours),
@@ -371,8 +381,9 @@ def markdown(results: dict[str, Any]) -> str:
     rows = results["scenarios"]
     lines = [
         "| scenario | queues | pools | services | runs | ours wall s (min-max) | baseline wall s (min-max) "
-        "| baseline/ours (pairwise) | ours CPU s | ours peak MiB | baseline peak MiB | Late equal |",
-        "|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|---|",
+        "| baseline/ours (pairwise) | ours first tick s (req) | ours CPU s | ours peak MiB | baseline peak MiB "
+        "| Late equal |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---|",
     ]
     for r in rows:
         s = r["summary"]
@@ -380,7 +391,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['name']} | {r['queues']} | {r['pools']} | {r['services']} | {r['runs']} "
             f"| {s['ours_wall_s']:.3f} ({s['ours_wall_min_s']:.3f}-{s['ours_wall_max_s']:.3f}) "
             f"| {s['base_wall_s']:.3f} ({s['base_wall_min_s']:.3f}-{s['base_wall_max_s']:.3f}) "
-            f"| {s['speedup']:.2f}x ({s['speedup_pairwise_median']:.2f}x) | {s['ours_cpu_s']:.3f} "
+            f"| {s['speedup']:.2f}x ({s['speedup_pairwise_median']:.2f}x) "
+            f"| {s['ours_first_wall_s']:.3f} ({s['ours_first_prefect_requests']:.0f}) | {s['ours_cpu_s']:.3f} "
             f"| {_mib(s['ours_peak_mib'])} | {_mib(s['base_peak_mib'])} | {r['late_equal_ticks']}/{r['ticks']} |")
     lines += [
         "",
@@ -432,9 +444,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ticks", type=int, default=5, help="timed ticks per implementation and size (default 5)")
     parser.add_argument("--deep", default="5x1000",
                         help="deep backlog QUEUESxLATE_RUNS_PER_QUEUE (default 5x1000); 'none' to skip")
-    parser.add_argument("--latency-ms", type=float, default=20.0,
-                        help="simulated latency added to every Prefect request and AWS call in the extra "
-                             "latency scenarios (default 20; 0 to skip them)")
+    parser.add_argument("--latency-ms", default="5,20",
+                        help="simulated latencies (comma-separated) added to every Prefect request and AWS call, "
+                             "one extra scenario each (default 5,20; 0 to skip them)")
     parser.add_argument("--latency-sizes", default="200",
                         help="sizes that get an extra scenario with --latency-ms (default 200)")
     parser.add_argument("--latency-ticks", type=int, default=3, help="timed ticks of those scenarios (default 3)")
@@ -445,6 +457,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="raw results (default bench/results.json)")
     args = parser.parse_args(argv)
     args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    args.latency_ms = [ms for ms in (float(s) for s in args.latency_ms.split(",") if s.strip()) if ms > 0]
     args.latency_sizes = {int(s) for s in args.latency_sizes.split(",") if s.strip()} if args.latency_ms else set()
     if args.deep != "none":
         queues, runs = args.deep.lower().split("x")
@@ -499,13 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             note(f"{size} queues: ours {s['ours_wall_s']:.3f}s, baseline {s['base_wall_s']:.3f}s "
                  f"({s['speedup']:.1f}x), {s['ours_prefect_requests']:.0f} vs {s['base_prefect_requests']:.0f} "
                  "Prefect requests")
-            if size in args.latency_sizes:
-                scenario = bench.scenario(f"{size} queues, +{args.latency_ms:g} ms/request", plans,
-                                          ticks=args.latency_ticks, latency_ms=args.latency_ms, memory=False,
+            for latency_ms in args.latency_ms if size in args.latency_sizes else ():
+                scenario = bench.scenario(f"{size} queues, +{latency_ms:g} ms/request", plans,
+                                          ticks=args.latency_ticks, latency_ms=latency_ms, memory=False,
                                           replay_requests=False)
                 results["scenarios"].append(scenario)
                 s = scenario["summary"]
-                note(f"{size} queues +{args.latency_ms:g} ms: ours {s['ours_wall_s']:.3f}s, "
+                note(f"{size} queues +{latency_ms:g} ms: ours {s['ours_wall_s']:.3f}s, "
                      f"baseline {s['base_wall_s']:.3f}s ({s['speedup']:.1f}x)")
         if args.deep:
             queues, late = args.deep

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ class FakePrefect:
     workers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # pool -> workers
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)  # the Authorization header of each call
-    _last_url: str = ""
+    # The URL of the request being served, per thread: the client sends requests from several threads.
+    _serving: threading.local = field(default_factory=threading.local, repr=False)
     # path -> function(body) returning (status, headers, body) to inject faults; None falls through
     faults: dict[str, Callable[[dict[str, Any]], tuple[int, dict[str, str], str] | None]] = field(default_factory=dict)
 
@@ -91,7 +93,7 @@ class FakePrefect:
     def _serve(self, path: str, handler: Callable[[dict[str, Any]], Any]) -> Callable[[Any], Any]:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
             body = json.loads(request.body or b"{}")
-            self._last_url = request.url
+            self._serving.url = request.url
             self.calls.append((path, body))
             self.authorizations.append(request.headers.get("Authorization"))
             fault = self.faults.get(path)
@@ -115,11 +117,11 @@ class FakePrefect:
              "status": "ONLINE" if online else "OFFLINE"})
 
     def _workers(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        pool = self._last_url.rsplit("/work_pools/", 1)[1].split("/")[0]
+        pool = self._serving.url.rsplit("/work_pools/", 1)[1].split("/")[0]
         return self._page(self.workers.get(pool, []), body)
 
     def _run_id(self) -> str:
-        return self._last_url.split("/flow_runs/", 1)[1].split("/")[0]
+        return self._serving.url.split("/flow_runs/", 1)[1].split("/")[0]
 
     def _get_run(self, _: dict[str, Any]) -> dict[str, Any]:
         return self.run(self._run_id())

@@ -56,6 +56,14 @@ class QueueCounts:
     oldest_late_at: datetime | None = None
     stuck_pending_ids: tuple[str, ...] = ()
 
+    def __add__(self, other: QueueCounts) -> QueueCounts:
+        """The counts of two disjoint sets of runs (the client reads a queue's runs in disjoint slices)."""
+        oldest = [t for t in (self.oldest_late_at, other.oldest_late_at) if t is not None]
+        return QueueCounts(late=self.late + other.late, due=self.due + other.due,
+                           pending=self.pending + other.pending, running=self.running + other.running,
+                           oldest_late_at=min(oldest, default=None),
+                           stuck_pending_ids=self.stuck_pending_ids + other.stuck_pending_ids)
+
     def with_queue_state(self, now: datetime, *, paused: bool, queue_limit: int | None,
                          pool_limit_full: bool = False) -> QueueBacklog:
         """The published backlog, once the queue's pause state and concurrency limits are known."""

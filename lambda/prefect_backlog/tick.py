@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect_backlog import metrics
 from prefect_backlog.backlog import (
     QueueBacklog,
+    QueueCounts,
     ServiceSignal,
     limit_reached,
     queue_demand,
@@ -85,25 +87,47 @@ class TickReport:
         }
 
 
-def read_queues(config: Config, client: PrefectClient, now: datetime) -> tuple[list[QueueResult], str | None]:
-    """Every configured queue's backlog or the reason it could not be read.
+class PrefectReads(NamedTuple):
+    queues: list[QueueResult]
+    pools: dict[str, PoolWorkers | PrefectError]
+    whole_failure: str | None  # set when nothing could be read at all
 
-    The second value is set when the read failed as a whole (server down,
-    credentials rejected, or every queue failed): the caller must fail loudly.
+
+def read_prefect(config: Config, client: PrefectClient, now: datetime) -> PrefectReads:
+    """Every configured queue's backlog (or the reason it could not be read) and its pool's worker health.
+
+    Once the queues are resolved, their runs and their pools' workers are
+    independent reads, so they run at the same time: the tick waits for the
+    slower of the two, not for their sum. ``whole_failure`` is set when the
+    read failed as a whole (server down, credentials rejected, or every queue
+    failed): the caller must fail loudly, and no worker health is reported then.
     """
     try:
         resolved = client.resolve_queues(config.queues)
     except PrefectError as exc:
         cause = f"could not look up the work queues: {exc}"
-        return [QueueResult(config=q, error=cause) for q in config.queues], cause
+        return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
 
     found = [r for r in resolved.values() if isinstance(r, ResolvedQueue)]
-    try:
-        counts = client.read_counts(found, now, config.stuck_pending_seconds)
-    except PrefectError as exc:  # credentials rejected half-way
-        cause = f"could not read flow runs: {exc}"
-        return [QueueResult(config=q, error=cause) for q in config.queues], cause
+    # Leaving this block waits for the worker read, so no request outlives the tick and
+    # ``client.requests_sent`` counts every one of them.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-workers") as background:
+        workers = background.submit(client.read_workers, {r.pool for r in found})
+        try:
+            counts = client.read_counts(found, now, config.stuck_pending_seconds)
+        except PrefectError as exc:  # credentials rejected half-way
+            cause = f"could not read flow runs: {exc}"
+            return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
+        results = _queue_results(config, resolved, counts, now)
+        if results and all(r.error for r in results):
+            cause = "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
+            return PrefectReads(results, {}, cause)  # the worker read is dropped, whatever it found
+        # Raises what read_workers raised (a rejected credential), as calling it here would have.
+        return PrefectReads(results, workers.result(), None)
 
+
+def _queue_results(config: Config, resolved: Mapping[int, ResolvedQueue | PrefectError],
+                   counts: Mapping[str, QueueCounts | PrefectError], now: datetime) -> list[QueueResult]:
     results = []
     for queue in config.queues:
         outcome = resolved[queue.index]
@@ -118,9 +142,7 @@ def read_queues(config: Config, client: PrefectClient, now: datetime) -> tuple[l
                 now, paused=outcome.paused, queue_limit=outcome.concurrency_limit,
                 pool_limit_full=limit_reached(outcome.pool_concurrency_limit, outcome.pool_active_slots))
             results.append(QueueResult(config=queue, resolved=outcome, backlog=backlog))
-    if results and all(r.error for r in results):
-        return results, "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
-    return results, None
+    return results
 
 
 def compute_services(config: Config, queues: Sequence[QueueResult],
@@ -198,16 +220,20 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
 def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any | None, now: datetime) -> TickReport:
     """Read, compute and (when ``cloudwatch`` is given) publish one sample of every metric."""
     started = time.monotonic()
-    queues, whole_failure = read_queues(config, client, now)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecs") as background:
+        # ECS task counts do not depend on Prefect: ask for them first so that round trip hides
+        # behind the Prefect reads. describe_services reports per-service failures in its result;
+        # anything else it raises surfaces from .result(), after any Prefect error, as before.
+        ecs_read = background.submit(describe_services, ecs, [s.key for s in config.services])
+        queues, pools, whole_failure = read_prefect(config, client, now)
+        task_counts = ecs_read.result()
     for queue in queues:
         if queue.error:
             log.warning("queue not read; nothing published for it", extra={"queue": queue.config.label,
                                                                              "cause": queue.error})
-    pools = client.read_workers({q.resolved.pool for q in queues if q.resolved}) if not whole_failure else {}
     for pool, workers in pools.items():
         if isinstance(workers, PrefectError):
             log.warning("worker health not read", extra={"work_pool": pool, "cause": str(workers)})
-    task_counts = describe_services(ecs, [s.key for s in config.services])
     report = TickReport(now=now, queues=queues, services=compute_services(config, queues, task_counts),
                         pools=pools, whole_failure=whole_failure)
     if config.reschedule_stuck_pending:

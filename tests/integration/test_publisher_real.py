@@ -28,7 +28,7 @@ from prefect_server import PrefectServer
 
 from prefect_backlog import handler
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_client import PAGE_SIZE, PrefectClient
+from prefect_backlog.prefect_client import PAGE_SIZE, DepthMemory, PrefectClient
 from prefect_backlog.tick import TickReport, run_tick
 
 if TYPE_CHECKING:
@@ -416,3 +416,36 @@ def test_backlog_over_one_page_across_many_queues_is_paged(deep_backlog: DeepBac
         assert_matches_server(aws, deep_backlog, f"q{i}", small(i))
     demand = Q0.due + 5 * SMALL_QUEUES
     assert_service(aws, "deep-worker", demand=demand, tasks=2, target=10, max_capacity=20)
+
+
+def test_deep_slices_and_a_warm_depth_memory_read_the_same_values(deep_backlog: DeepBacklog, aws: MotoAws) -> None:
+    """q0 and q1: 216 due runs for two queues, read as Late and waiting slices counted per queue.
+
+    q0's oldest Late runs fill the shared oldest-Late list, so q1's oldest is asked on its own. The
+    second tick starts from what the first one learnt (the handler keeps its DepthMemory while warm):
+    no due page and no due total, the same values.
+    """
+    aws.service(CLUSTER, "deep-worker", 2)
+    config = deep_config(deep_backlog, deep_backlog.queues[:2])
+    memory = DepthMemory()
+    backlogs = []
+    for warm in (False, True):
+        client = RecordingClient(config.api_url, deadline=time.monotonic() + 40, depth_memory=memory)
+        report = tick(config, aws, client)
+        assert report.queue_errors == 0, report.summary()
+        due_reads = [(path, b) for _, path, b in client.calls if path.startswith("/flow_runs/")
+                     and b["flow_runs"]["state"] == state_name("Scheduled", "Late", "AwaitingRetry")]
+        assert len(due_reads) == (0 if warm else 2), due_reads  # cold: a full page, then the total
+        per_queue = [b for _, path, b in client.calls
+                     if path == "/flow_runs/count" and len(b["work_pool_queues"]["id"]["any_"]) == 1]
+        assert len(per_queue) == 4, client.calls  # Late and waiting, for each queue
+        backlogs.append([q.backlog for q in report.queues])
+        if not warm:  # what the cold tick published (each figure may be published once per test)
+            assert_matches_server(aws, deep_backlog, "q0", Q0)
+            assert_matches_server(aws, deep_backlog, "q1", small(1))
+    cold, warm_read = backlogs
+    for before, after in zip(cold, warm_read, strict=True):
+        assert before is not None and after is not None
+        assert (after.late, after.due, after.pending, after.running) == (
+            before.late, before.due, before.pending, before.running)
+        assert 0 <= after.oldest_late_age_seconds - before.oldest_late_age_seconds < 30  # the same run, older

@@ -15,6 +15,7 @@ from prefect_backlog.backlog import QueueCounts
 from prefect_backlog.config import QueueConfig
 from prefect_backlog.prefect_client import (
     PAGE_SIZE,
+    DepthMemory,
     PrefectAuthError,
     PrefectClient,
     PrefectError,
@@ -117,19 +118,74 @@ def test_a_deep_backlog_on_few_queues_is_counted_not_paged(prefect: FakePrefect)
     counts = c.read_counts([q], NOW, 900)[q.id]
     assert isinstance(counts, QueueCounts) and (counts.late, counts.due) == (1200, 1200)
     assert prefect.requests_to("/flow_runs/filter") == 1 + 1 + 1  # due page, oldest Late, in-flight page
-    assert prefect.requests_to("/flow_runs/count") == 1 + 2  # plan + due and late for the one queue
+    # due total; then its Late and waiting slices, whose totals are the one queue's counts
+    assert prefect.requests_to("/flow_runs/count") == 1 + 2
 
 
-def test_a_wide_deep_backlog_is_paged(prefect: FakePrefect) -> None:
-    configs = []
-    for i in range(40):
-        prefect.queue("pool-a", f"q{i}")
-        prefect.add_runs("pool-a", f"q{i}", 12, "SCHEDULED", "Late")
-        configs.append(queue(i, f"q{i}", "pool-a"))
+def test_a_stream_too_deep_to_page_at_the_last_read_is_read_narrower_at_once(prefect: FakePrefect) -> None:
+    prefect.queue("pool-a", "d0")
+    prefect.queue("pool-a", "d1")
+    for minute in range(PAGE_SIZE * 6):
+        prefect.add_runs("pool-a", f"d{minute % 2}", 1, "SCHEDULED", "Late", minutes_ago=minute + 1)
+    memory = DepthMemory()
+    queues = resolved(client(), queue(0, "d0", "pool-a"), queue(1, "d1", "pool-a"))
+
+    def read() -> tuple[dict[str, QueueCounts | PrefectError], int, int]:
+        prefect.calls.clear()
+        counts = client(depth_memory=memory).read_counts(queues, NOW, 900)
+        return counts, prefect.requests_to("/flow_runs/filter"), prefect.requests_to("/flow_runs/count")
+
+    cold, cold_lists, cold_counts = read()
+    # due page (full), due total, then the Late slice (total, 2 queue counts) and the waiting one (total: 0);
+    # the shared oldest-Late list, the in-flight page
+    assert (cold_lists, cold_counts) == (1 + 1 + 1, 1 + 3 + 1)
+    warm, warm_lists, warm_counts = read()
+    assert warm == cold and all(getattr(c, "late", None) == 600 for c in warm.values())
+    assert (warm_lists, warm_counts) == (1 + 1, 2 + 1)  # no due page, no due or Late totals
+
+    prefect.runs.clear()  # drained: this read learns it, the next one pages again
+    drained, _, _ = read()
+    assert set(drained.values()) == {QueueCounts()}
+    assert not memory.is_deep("pool-a", "due")
+    assert read()[1:] == (2, 0)  # a due page and an in-flight page
+
+
+def test_count_mode_reads_the_oldest_late_run_of_many_queues_in_one_list(prefect: FakePrefect) -> None:
+    configs = [queue(i, f"d{i}", "pool-a") for i in range(4)]
+    for i in range(4):
+        prefect.queue("pool-a", f"d{i}")
+    # d0-d2 get their Late runs interleaved in time, d3 has none; the overdue Scheduled runs are due too
+    for minute in range(1, 301):
+        prefect.add_runs("pool-a", f"d{minute % 3}", 1, "SCHEDULED", "Late", minutes_ago=minute)
+    prefect.add_runs("pool-a", "d3", 2, "SCHEDULED", "Scheduled", minutes_ago=3)
+    prefect.add_runs("pool-a", "d0", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=1)
+    prefect.add_runs("pool-a", "d0", 500, "SCHEDULED", "Late", minutes_ago=0.5)
     c = client()
-    counts = c.read_counts(resolved(c, *configs), NOW, 900)
-    assert sum(v.late for v in counts.values() if isinstance(v, QueueCounts)) == 480
-    assert prefect.requests_to("/flow_runs/filter") == 3 + 1  # 480 due runs = 3 pages, 1 in-flight page
+    queues = resolved(c, *configs)
+
+    def read() -> tuple[list[QueueCounts], list[tuple[int, int]]]:
+        prefect.calls.clear()
+        counts = c.read_counts(queues, NOW, 900)
+        lists = [(len(body["work_pool_queues"]["id"]["any_"]), body["limit"]) for path, body in prefect.calls
+                 if path == "/flow_runs/filter" and body.get("limit", 0) < PAGE_SIZE]
+        assert all(isinstance(counts[q.id], QueueCounts) for q in queues)
+        return [counts[q.id] for q in queues], lists  # type: ignore[misc]
+
+    (d0, d1, d2, d3), lists = read()
+    assert (d0.late, d0.due, d1.late, d1.due, d3.late, d3.due) == (600, 601, 100, 100, 0, 2)
+    assert [minutes_late(d) for d in (d0, d1, d2)] == [300, 298, 299]
+    assert d3.oldest_late_at is None
+    assert lists == [(4, 16)]  # one shared list of the oldest Late runs answers for every queue
+
+    prefect.add_runs("pool-a", "d0", 20, "SCHEDULED", "Late", minutes_ago=900)  # d0 now fills the shared list
+    (d0, d1, d2, d3), lists = read()
+    assert [minutes_late(d) for d in (d0, d1, d2)] == [900, 298, 299]
+    assert lists == [(4, 16), (1, 1), (1, 1)]  # d1 and d2 asked one by one; d3 has no Late run to look for
+
+
+def minutes_late(counts: QueueCounts) -> float:
+    assert counts.oldest_late_at is not None
+    return (NOW - counts.oldest_late_at).total_seconds() / 60
 
 
 def test_retries_5xx_then_succeeds(prefect: FakePrefect) -> None:

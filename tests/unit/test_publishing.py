@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,13 +16,14 @@ from typing import Any
 import boto3
 import pytest
 import responses
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from prefect_backlog import handler
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.metrics import LATE_FLOW_RUNS
-from prefect_backlog.prefect_client import PrefectClient
-from prefect_backlog.publishing import MAX_DATA_PER_PUT, Datum, put_metric_data
+from prefect_backlog.prefect_client import PrefectAuthError, PrefectClient
+from prefect_backlog.publishing import MAX_DATA_PER_PUT, MAX_PUTS_IN_FLIGHT, Datum, put_metric_data
 from prefect_backlog.tick import run_samples, run_tick
 from tests.fake_prefect import API, NOW, FakePrefect, failing
 
@@ -157,7 +160,134 @@ def test_metric_data_is_batched_by_the_api_limit(aws: dict[str, Any]) -> None:
 
     data = [Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": f"q{i}"}, i) for i in range(2 * MAX_DATA_PER_PUT + 1)]
     assert put_metric_data(Recorder(), "Prefect", data, NOW) == 3
-    assert calls == [1000, 1000, 1]
+    assert sorted(calls) == [1, 1000, 1000]  # sent concurrently: in any order
+
+
+
+def _queue_data(count: int) -> list[Datum]:
+    return [Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": f"q{i}"}, i) for i in range(count)]
+
+
+def test_every_chunk_reaches_cloudwatch(aws: dict[str, Any]) -> None:
+    data = _queue_data(2 * MAX_DATA_PER_PUT + 500)
+    assert put_metric_data(aws["cloudwatch"], "Prefect", data, NOW) == 3
+    pages = aws["cloudwatch"].get_paginator("list_metrics").paginate(Namespace="Prefect", MetricName="LateFlowRuns")
+    queues = {d["Value"] for page in pages for m in page["Metrics"] for d in m["Dimensions"]
+              if d["Name"] == "WorkQueue"}
+    assert queues == {f"q{i}" for i in range(len(data))}
+    for i in (0, *(edge + side for edge in (MAX_DATA_PER_PUT, 2 * MAX_DATA_PER_PUT) for side in (-1, 0)),
+              len(data) - 1):  # both ends of every chunk
+        assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="p", WorkQueue=f"q{i}") == i
+
+
+def test_metric_data_chunks_are_sent_together_but_bounded() -> None:
+    lock = threading.Lock()
+    in_flight, peak = 0, 0
+    received: list[tuple[str, float]] = []
+    # Passes only once MAX_PUTS_IN_FLIGHT calls wait on it together: sent one by one, the first call
+    # would break it after the timeout (BrokenBarrierError) instead of hanging the test.
+    together = threading.Barrier(MAX_PUTS_IN_FLIGHT, timeout=10)
+
+    class Recorder:
+        def put_metric_data(self, Namespace: str, MetricData: list[Any]) -> None:
+            nonlocal in_flight, peak
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+            try:
+                together.wait()
+            finally:
+                with lock:
+                    in_flight -= 1
+                    received.extend((m["Dimensions"][1]["Value"], m["Value"]) for m in MetricData)
+
+    data = _queue_data(2 * MAX_PUTS_IN_FLIGHT * MAX_DATA_PER_PUT)
+    assert put_metric_data(Recorder(), "Prefect", data, NOW) == 2 * MAX_PUTS_IN_FLIGHT
+    assert peak == MAX_PUTS_IN_FLIGHT
+    assert sorted(received) == sorted((d.dimensions["WorkQueue"], float(d.value)) for d in data)
+
+
+def test_a_failed_chunk_still_raises(aws: dict[str, Any]) -> None:
+    data = _queue_data(3 * MAX_DATA_PER_PUT)
+    data[MAX_DATA_PER_PUT + 7] = Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": "broken"}, math.nan)
+    with pytest.raises(ClientError, match="NaN"):  # CloudWatch (and moto) reject the whole second chunk
+        put_metric_data(aws["cloudwatch"], "Prefect", data, NOW)
+    assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="p", WorkQueue="broken") is None
+
+
+def test_a_failed_publish_fails_the_tick(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    def throttled(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "PutMetricData")
+
+    aws["cloudwatch"].put_metric_data = throttled
+    with pytest.raises(ClientError, match="Rate exceeded"):
+        tick(parse_config(CONTEXT), aws)
+
+
+# --- what a tick reads at the same time -----------------------------------------------------
+# Each test blocks one read until the other has been asked for: read one after the other, the wait
+# gives up after its timeout and the test fails instead of hanging.
+
+
+def test_ecs_is_asked_while_prefect_is_still_being_read(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    ecs_asked = threading.Event()
+    real_describe = aws["ecs"].describe_services
+
+    def describe(**kwargs: Any) -> Any:
+        ecs_asked.set()
+        return real_describe(**kwargs)
+
+    aws["ecs"].describe_services = describe
+    waits: list[bool] = []
+
+    def queue_lookup_waits_for_ecs(_: dict[str, Any]) -> None:  # the first Prefect request of the tick
+        waits.append(ecs_asked.wait(timeout=10))
+
+    prefect.faults["/work_queues/filter"] = queue_lookup_waits_for_ecs
+    report = tick(parse_config(CONTEXT), aws)
+    assert waits == [True]
+    assert report.whole_failure is None and all(s.signal is not None for s in report.services)
+
+
+def test_workers_are_read_while_the_runs_are(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    workers_asked = threading.Event()
+    waits: list[bool] = []
+
+    def runs_wait_for_workers(_: dict[str, Any]) -> None:
+        waits.append(workers_asked.wait(timeout=10))
+
+    def workers(_: dict[str, Any]) -> None:
+        workers_asked.set()
+
+    prefect.faults["/flow_runs/filter"] = runs_wait_for_workers
+    prefect.faults["/work_pools/{pool}/workers/filter"] = workers
+    prefect.worker("pool-a", seconds_ago=5)
+    prefect.add_runs("pool-a", "default", 2, "SCHEDULED", "Late")
+    report = tick(parse_config(CONTEXT), aws)
+    assert waits and all(waits)
+    assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 2
+    assert published(aws["cloudwatch"], "OnlineWorkers", WorkPool="pool-a") == 1
+    assert report.prefect_requests == len(prefect.calls)  # the concurrent requests are all counted
+
+
+def test_a_whole_failure_reports_no_worker_health_even_though_it_was_read(
+        prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.faults["/flow_runs/filter"] = failing(401)
+    prefect.faults["/work_pools/{pool}/workers/filter"] = failing(401)  # raised in the background: dropped
+    prefect.worker("pool-a", seconds_ago=5)
+    report = tick(parse_config(CONTEXT), aws)
+    assert report.whole_failure is not None and "rejected the credentials" in report.whole_failure
+    assert report.pools == {}
+    assert published(aws["cloudwatch"], "OnlineWorkers", WorkPool="pool-a") is None
+    assert published(aws["cloudwatch"], "QueueReadErrors", Publisher="TestPublisher") == 3
+
+
+def test_a_credential_rejected_by_the_worker_read_still_fails_the_tick(
+        prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    prefect.faults["/work_pools/{pool}/workers/filter"] = failing(401)
+    with pytest.raises(PrefectAuthError, match="rejected the credentials"):
+        tick(parse_config(CONTEXT), aws)
+    assert published(aws["cloudwatch"], "QueuesRead", Publisher="TestPublisher") is None
 
 
 # --- the Lambda handler -------------------------------------------------------------

@@ -1,0 +1,29 @@
+"""bench/time_to_scale.py reads the worst-case delay to scale out from the synthesized template."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import time_to_scale
+
+CDK_JSON = time_to_scale.REPO_ROOT / "cdk.json"
+
+
+@pytest.mark.parametrize(("fast", "expected"), [(False, 60 + 0 + 1 * 60), (True, 10 + 0 + 1 * 10)])
+def test_worst_case_from_the_template_meets_its_target(fast: bool, expected: float) -> None:
+    template, packaged = time_to_scale.synthesize(time_to_scale.load_context(CDK_JSON, fast))
+    row = time_to_scale.ours(template, packaged)
+    assert row.worst_case_s == expected
+    assert row.worst_case_s <= (time_to_scale.TARGET_FAST_SECONDS if fast else time_to_scale.TARGET_DEFAULT_SECONDS)
+    assert "fastMode" in row.sampling_source if fast else row.sampling_source == "schedule rate"
+
+
+def test_the_alarm_period_and_datapoints_come_from_the_template() -> None:
+    template, packaged = time_to_scale.synthesize(time_to_scale.load_context(CDK_JSON, False))
+    for alarm in time_to_scale.step_scale_out_alarms(template).values():
+        alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"] = 120, 3, 2
+    assert time_to_scale.ours(template, packaged).worst_case_s == 60 + 2 * 120
+
+
+def test_the_baseline_waits_for_late_marking_and_three_datapoints() -> None:
+    assert time_to_scale.baseline().worst_case_s == 60 + 15 + 5 + 3 * 60
