@@ -29,7 +29,7 @@ from prefect_backlog.tick import run_samples
 CONFIG_FILE = Path(os.environ.get("PUBLISHER_CONFIG_FILE", Path(__file__).with_name("publisher_config.json")))
 SECRET_MAX_AGE_SECONDS = 300
 # Kept by the container between invocations (reserved concurrency 1 and a one-minute schedule keep it
-# warm): deep backlogs are counted first instead of paged first. Lost on a cold start, at no risk.
+# warm): a backlog too deep to page is read narrower at once. Lost on a cold start, at no risk.
 DEPTH_MEMORY = DepthMemory()
 
 logger = Logger()
