@@ -22,13 +22,14 @@ def main() -> None:
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     try:
         config = parse_config(app.node.get_all_context())
+        # The stack also refuses a configuration too big for one stack or one dashboard.
+        PrefectAutoscalerStack(
+            app, config.stack_name, config=config,
+            env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
+                                region=os.environ.get("CDK_DEFAULT_REGION")))
     except ConfigError as error:
         print(f"Configuration error (cdk.json context or -c options): {error}", file=sys.stderr)
         sys.exit(1)
-    PrefectAutoscalerStack(
-        app, config.stack_name, config=config,
-        env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
-                            region=os.environ.get("CDK_DEFAULT_REGION")))
     app.synth()
 
 

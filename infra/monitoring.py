@@ -157,6 +157,7 @@ class Monitoring(Construct):
                 alarm.add_ok_action(action)
 
         scale_out = [s.step_scaling.upper_alarm for s in scaling.values() if s.step_scaling.upper_alarm]
+        self.widget_count = 0  # set by _dashboard: CloudWatch allows 500 per dashboard
         self.dashboard = self._dashboard(scale_out)
 
     # --- metrics -----------------------------------------------------------------------
@@ -406,15 +407,16 @@ class Monitoring(Construct):
             f"{config.unpolled_alarm_seconds} s with due runs, or runs stuck in Pending); publisher failing or "
             "silent.")))
         status = [*self.alarms, *scale_out]
-        for start in range(0, len(status), MAX_ALARMS_PER_STATUS_WIDGET):
-            dashboard.add_widgets(cloudwatch.AlarmStatusWidget(
-                title="Alarms (and the step policies' scale-out alarms)", width=24, height=3,
-                alarms=status[start:start + MAX_ALARMS_PER_STATUS_WIDGET]))
-        dashboard.add_widgets(*self._publisher_widgets())
-        for queue in config.queues:
-            dashboard.add_widgets(*self._queue_widgets(queue))
-        for service in config.services:
-            dashboard.add_widgets(*self._service_widgets(service))
+        rows: list[list[cloudwatch.IWidget]] = [
+            [cloudwatch.AlarmStatusWidget(title="Alarms (and the step policies' scale-out alarms)", width=24,
+                                          height=3, alarms=status[start:start + MAX_ALARMS_PER_STATUS_WIDGET])]
+            for start in range(0, len(status), MAX_ALARMS_PER_STATUS_WIDGET)]
+        rows.append(self._publisher_widgets())
+        rows += [self._queue_widgets(queue) for queue in config.queues]
+        rows += [self._service_widgets(service) for service in config.services]
+        for row in rows:
+            dashboard.add_widgets(*row)
+        self.widget_count = 1 + sum(len(row) for row in rows)  # the title, then every row
         return dashboard
 
     def _publisher_widgets(self) -> list[cloudwatch.IWidget]:

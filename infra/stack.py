@@ -5,14 +5,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aws_cdk import Duration, Stack
+from aws_cdk import CfnResource, Duration, Stack
 from constructs import Construct
 
 from infra.monitoring import Monitoring
 from infra.packaging import build_package
 from infra.publisher import Publisher
 from infra.scaling import ServiceScaling
-from prefect_backlog.config import Config
+from prefect_backlog.config import Config, ConfigError
+
+# CloudFormation's limit per stack, and CloudWatch's per dashboard: past them a deploy fails late and
+# obscurely, so the stack refuses such a configuration with the reason and the way out.
+MAX_RESOURCES_PER_STACK = 500
+MAX_WIDGETS_PER_DASHBOARD = 500
 
 
 def _construct_id(cluster: str, service: str) -> str:
@@ -34,3 +39,25 @@ class PrefectAutoscalerStack(Stack):
         }
         self.monitoring = Monitoring(self, "Monitoring", config=config, function=self.publisher.function,
                                      scaling=self.scaling)
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        config = self.config
+        resources = [c for c in self.node.find_all() if isinstance(c, CfnResource)]
+        alarms = sum(1 for r in resources
+                     if r.cfn_resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"))
+        size = (f"{len(config.queues)} queues on {len(config.services)} ECS services "
+                f"({alarms} alarms: 3 per queue with workPool, 9 without, 2 per service; 3 scaling resources "
+                "per service)")
+        way_out = ("split the queues across several stacks, each with its own stackName (one cdk.json "
+                   "context or -c set per stack; every stack gets its own publisher)")
+        problems = []
+        if len(resources) > MAX_RESOURCES_PER_STACK:
+            problems.append(f"queues: {size} need {len(resources)} CloudFormation resources, more than the "
+                            f"{MAX_RESOURCES_PER_STACK} one stack may hold: {way_out}")
+        if self.monitoring.widget_count > MAX_WIDGETS_PER_DASHBOARD:
+            problems.append(f"queues: {len(config.queues)} queues and {len(config.services)} ECS services need "
+                            f"{self.monitoring.widget_count} dashboard widgets, more than the "
+                            f"{MAX_WIDGETS_PER_DASHBOARD} a CloudWatch dashboard may hold: {way_out}")
+        if problems:
+            raise ConfigError(problems)

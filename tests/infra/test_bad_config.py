@@ -125,6 +125,16 @@ CASES = [
          ("queues[0].targetBacklogPerTask: must be",)),
     Case("deeply-nested-queues-string", context(queues="[" * 5000 + "]" * 5000),
          ("queues: is a string nested too deeply",)),
+    # Valid entries, too many for one stack: 100 queues need 590 dashboard widgets (CloudWatch allows 500),
+    # 150 queues also 611 CloudFormation resources (500 per stack); each problem says how to split.
+    Case("too-many-queues-for-one-dashboard",
+         context(queues=[queue(workQueue=f"q{i}", service=f"worker-{i % 20}") for i in range(100)]),
+         ("queues: 100 queues and 20 ECS services need 590 dashboard widgets, more than the 500",)),
+    Case("too-many-queues-for-one-stack",
+         context(queues=[queue(workQueue=f"q{i}", service=f"worker-{i % 30}") for i in range(150)]),
+         ("queues: 150 queues on 30 ECS services (512 alarms: 3 per queue with workPool, 9 without, 2 per service; "
+          "3 scaling resources per service) need 611 CloudFormation resources, more than the 500",
+          "queues: 150 queues and 30 ECS services need 882 dashboard widgets")),
 ]
 
 

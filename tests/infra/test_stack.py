@@ -198,3 +198,17 @@ def test_fast_mode_uses_10_second_scale_out_alarms_and_a_longer_timeout() -> Non
     template.has_resource_properties("AWS::Lambda::Function", {"Timeout": 58})
     template.has_resource_properties("AWS::Scheduler::Schedule", {"ScheduleExpression": "rate(1 minute)"})
     assert cfn_lint_errors(template.to_json()) == []
+
+
+def test_the_largest_fleet_that_fits_one_stack_synthesizes_and_lints_clean() -> None:
+    """80 queues on 16 services: just inside CloudWatch's 500 widgets per dashboard (a few more are refused)."""
+    queues = [{"workPool": f"pool-{i % 4}", "workQueue": f"q{i}", "cluster": "prefect", "service": f"w{i % 16}",
+               "maxCapacity": 4} for i in range(80)]
+    stack, template = synth({"prefectApiUrl": "https://prefect.internal/api", "queues": queues})
+    body = template.to_json()
+    assert len(body["Resources"]) <= 500
+    dashboard = json.loads("".join(str(part) for part in next(
+        r for r in body["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"
+    )["Properties"]["DashboardBody"]["Fn::Join"][1]))
+    assert len(dashboard["widgets"]) == stack.monitoring.widget_count <= 500
+    assert cfn_lint_errors(body) == []
