@@ -146,8 +146,12 @@ class Monitoring(Construct):
         self.topic = self._topic(config.alarm_email) if config.alarm_email else None
 
         self._publisher_alarms()
-        for queue in config.queues:
-            self._queue_alarms(queue)
+        if config.monitoring_detail == "pool":
+            for pool in config.work_pools:
+                self._pool_alarms(pool)
+        else:
+            for queue in config.queues:
+                self._queue_alarms(queue)
         for service in config.services:
             self._service_alarm(service)
         if self.topic is not None:
@@ -182,11 +186,16 @@ class Monitoring(Construct):
         """For the dashboard: the metric itself, or a SEARCH for it in whichever pool the queue is in."""
         if queue.work_pool is not None:
             return self._metric(definition, metrics.queue_dimensions(queue.work_pool, queue.work_queue), statistic)
+        return self._queue_search(definition, statistic, "WorkQueue", queue.work_queue, label_by="WorkPool")
+
+    def _queue_search(self, definition: metrics.MetricDef, statistic: str, dimension: str, value: str, *,
+                      label_by: str) -> cloudwatch.SearchExpression:
+        """Every queue series of ``definition`` whose ``dimension`` is ``value``, one line each."""
         query = (f'{{{_search_string(self.namespace)},WorkPool,WorkQueue}} '
-                 f'MetricName={_search_string(definition.name)} WorkQueue={_search_string(queue.work_queue)}')
+                 f'MetricName={_search_string(definition.name)} {dimension}={_search_string(value)}')
         return cloudwatch.SearchExpression(
             expression=f"SEARCH('{query}', '{statistic}', {int(PERIOD.to_seconds())})",
-            label=f"{definition.name} (${{PROP('Dim.WorkPool')}})", period=PERIOD)
+            label=f"{definition.name} (${{PROP('Dim.{label_by}')}})", period=PERIOD)
 
     def _queue_alarm_metric(self, queue: QueueConfig, definition: metrics.MetricDef,
                             function: str) -> cloudwatch.IMetric:
@@ -332,6 +341,37 @@ class Monitoring(Construct):
         self._composite(f"{cid}-Workers", workers, workers_description, cloudwatch.AlarmRule.any_of(
             cloudwatch.AlarmRule.all_of(_in_alarm(unpolled), _in_alarm(due_now)), _in_alarm(stuck)))
 
+    def _pool_alarms(self, pool: str) -> None:
+        """monitoringDetail "pool": each condition over all the pool's queues (Metrics Insights, MAX)."""
+        cid = _construct_id("Pool", pool)
+        threshold = self.config.oldest_late_alarm_seconds
+
+        def worst(definition: metrics.MetricDef) -> cloudwatch.IMetric:
+            return cloudwatch.MathExpression(
+                expression=(f"SELECT MAX({definition.name}) "
+                            f"FROM SCHEMA({_insights_name(self.namespace)}, WorkPool, WorkQueue) "
+                            f"WHERE WorkPool = {_insights_string(pool)}"),
+                using_metrics={}, period=PERIOD, label=f"{definition.name}, worst queue of {pool}")
+
+        self._alarm(
+            f"{cid}-OldestLate", f"oldest Late run in pool {pool}", metric=worst(metrics.OLDEST_LATE_RUN_AGE),
+            threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""A flow run in a queue of work pool {pool} has been Late for more than {threshold} s:
+            no agent/worker picked it up when it was due. Which queue: the pool's row on the dashboard. What to
+            do: check whether its ECS service is at maxCapacity (at-max alarm), whether the queue or pool is
+            paused or its concurrency limit used up (QueuePaused, ConcurrencyLimited), whether its workers poll
+            (SecondsSinceLastPolled, OnlineWorkers) and the worker tasks' logs.""")
+        self._alarm(
+            f"{cid}-Stuck", f"runs stuck in Pending in pool {pool}", metric=worst(metrics.STUCK_PENDING_FLOW_RUNS),
+            threshold=0, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=WORKER_MINUTES, datapoints=WORKER_MINUTES, missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""A queue of work pool {pool} has had flow runs Pending for more than
+            {self.config.stuck_pending_seconds} s for {WORKER_MINUTES} minutes: a worker claimed them and most
+            likely died. Which queue: StuckPendingFlowRuns in the pool's row on the dashboard. What to do: check
+            the worker tasks' logs and stopped tasks, then cancel or reschedule those runs in Prefect, or set
+            rescheduleStuckPending in cdk.json.""")
+
     def _part(self, queue: QueueConfig, cid: str, kind: str, composite_name: str, definition: metrics.MetricDef,
               threshold: float, comparison: cloudwatch.ComparisonOperator, minutes: int) -> cloudwatch.Alarm:
         """One Metrics Insights condition of a composite alarm; it notifies nobody itself."""
@@ -401,23 +441,33 @@ class Monitoring(Construct):
         dashboard.add_widgets(cloudwatch.TextWidget(width=24, height=2, markdown=(
             f"# {config.stack_name}: Prefect backlog and ECS scaling\n"
             f"Metrics in namespace `{config.namespace}`, published by Lambda `{self.function.function_name}` "
-            f"({config.schedule}). Alarms: oldest Late run over {config.oldest_late_alarm_seconds} s; due runs "
-            f"that cannot start (queue or pool paused, concurrency limit used up) or a service at its maximum with "
-            f"runs waiting, for {SUSTAINED_MINUTES} min; workers not taking runs (unpolled over "
-            f"{config.unpolled_alarm_seconds} s with due runs, or runs stuck in Pending); publisher failing or "
-            "silent.")))
+            f"({config.schedule}). Alarms: " + self._alarms_summary())))
         status = [*self.alarms, *scale_out]
         rows: list[list[cloudwatch.IWidget]] = [
             [cloudwatch.AlarmStatusWidget(title="Alarms (and the step policies' scale-out alarms)", width=24,
                                           height=3, alarms=status[start:start + MAX_ALARMS_PER_STATUS_WIDGET])]
             for start in range(0, len(status), MAX_ALARMS_PER_STATUS_WIDGET)]
         rows.append(self._publisher_widgets())
-        rows += [self._queue_widgets(queue) for queue in config.queues]
+        if config.monitoring_detail == "pool":
+            rows += [self._pool_queue_widgets(pool) for pool in config.work_pools]
+        else:
+            rows += [self._queue_widgets(queue) for queue in config.queues]
         rows += [self._service_widgets(service) for service in config.services]
         for row in rows:
             dashboard.add_widgets(*row)
         self.widget_count = 1 + sum(len(row) for row in rows)  # the title, then every row
         return dashboard
+
+    def _alarms_summary(self) -> str:
+        config = self.config
+        if config.monitoring_detail == "pool":
+            return (f"per work pool, a queue's oldest Late run over {config.oldest_late_alarm_seconds} s, or runs "
+                    f"stuck in Pending; a service at its maximum with runs waiting for {SUSTAINED_MINUTES} min; "
+                    "publisher failing or silent.")
+        return (f"oldest Late run over {config.oldest_late_alarm_seconds} s; due runs that cannot start (queue or "
+                f"pool paused, concurrency limit used up) or a service at its maximum with runs waiting, for "
+                f"{SUSTAINED_MINUTES} min; workers not taking runs (unpolled over {config.unpolled_alarm_seconds} s "
+                "with due runs, or runs stuck in Pending); publisher failing or silent.")
 
     def _publisher_widgets(self) -> list[cloudwatch.IWidget]:
         fn = self.function
@@ -475,6 +525,29 @@ class Monitoring(Construct):
                 right=[self._queue_graph_metric(queue, metrics.SECONDS_SINCE_LAST_POLLED)],
                 left_y_axis=cloudwatch.YAxisProps(min=0, max=1, show_units=False),
                 right_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
+        ]
+
+    def _pool_queue_widgets(self, pool: str) -> list[cloudwatch.IWidget]:
+        """monitoringDetail "pool": one row per work pool, one line per queue (SEARCH over the pool)."""
+        def lines(*definitions: metrics.MetricDef) -> list[cloudwatch.IMetric]:
+            return [self._queue_search(d, "Maximum", "WorkPool", pool, label_by="WorkQueue") for d in definitions]
+
+        threshold = cloudwatch.HorizontalAnnotation(value=self.config.oldest_late_alarm_seconds, label="alarm",
+                                                    color=cloudwatch.Color.RED)
+        queues = sum(1 for q in self.config.queues if q.work_pool == pool)
+        return [
+            cloudwatch.TextWidget(width=24, height=1, markdown=f"## Work pool {pool}: {queues} queues, one line each"),
+            cloudwatch.GraphWidget(title=f"{pool}: Late runs per queue", width=6, left=lines(metrics.LATE_FLOW_RUNS),
+                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
+            cloudwatch.GraphWidget(title=f"{pool}: due runs per queue", width=6, left=lines(metrics.DUE_FLOW_RUNS),
+                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
+            cloudwatch.GraphWidget(title=f"{pool}: oldest Late run age (s)", width=6,
+                                   left=lines(metrics.OLDEST_LATE_RUN_AGE), left_annotations=[threshold],
+                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
+            cloudwatch.GraphWidget(title=f"{pool}: stuck Pending, paused, limited", width=6,
+                                   left=lines(metrics.STUCK_PENDING_FLOW_RUNS, metrics.QUEUE_PAUSED,
+                                              metrics.CONCURRENCY_LIMITED),
+                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
         ]
 
     def _service_widgets(self, service: ServiceConfig) -> list[cloudwatch.IWidget]:

@@ -46,18 +46,18 @@ class PrefectAutoscalerStack(Stack):
         resources = [c for c in self.node.find_all() if isinstance(c, CfnResource)]
         alarms = sum(1 for r in resources
                      if r.cfn_resource_type in ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm"))
-        size = (f"{len(config.queues)} queues on {len(config.services)} ECS services "
-                f"({alarms} alarms: 3 per queue with workPool, 9 without, 2 per service; 3 scaling resources "
-                "per service)")
+        size = f"{len(config.queues)} queues on {len(config.services)} ECS services"
         way_out = ("split the queues across several stacks, each with its own stackName (one cdk.json "
                    "context or -c set per stack; every stack gets its own publisher)")
+        if config.monitoring_detail == "queue":
+            way_out = ('set monitoringDetail to "pool" (alarms and dashboard rows per work pool), or '
+                       + way_out)
         problems = []
         if len(resources) > MAX_RESOURCES_PER_STACK:
-            problems.append(f"queues: {size} need {len(resources)} CloudFormation resources, more than the "
-                            f"{MAX_RESOURCES_PER_STACK} one stack may hold: {way_out}")
+            problems.append(f"queues: {size} need {len(resources)} CloudFormation resources ({alarms} of them "
+                            f"alarms), more than the {MAX_RESOURCES_PER_STACK} one stack may hold: {way_out}")
         if self.monitoring.widget_count > MAX_WIDGETS_PER_DASHBOARD:
-            problems.append(f"queues: {len(config.queues)} queues and {len(config.services)} ECS services need "
-                            f"{self.monitoring.widget_count} dashboard widgets, more than the "
+            problems.append(f"queues: {size} need {self.monitoring.widget_count} dashboard widgets, more than the "
                             f"{MAX_WIDGETS_PER_DASHBOARD} a CloudWatch dashboard may hold: {way_out}")
         if problems:
             raise ConfigError(problems)

@@ -43,6 +43,10 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 
 AuthScheme = Literal["bearer", "basic"]
 AUTH_SCHEMES: tuple[AuthScheme, ...] = ("bearer", "basic")
+# Alarms and dashboard rows per queue (the default), or per work pool for fleets too big for one stack
+# or dashboard that way (about 80 queues).
+MonitoringDetail = Literal["queue", "pool"]
+MONITORING_DETAILS: tuple[MonitoringDetail, ...] = ("queue", "pool")
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")  # ECS cluster/service names
 _SCHEDULE_PATTERN = re.compile(r"^(rate\(\s*\d+\s+(minute|minutes|hour|hours|day|days)\s*\)|cron\(.+\))$")
@@ -135,6 +139,12 @@ class Config:
     oldest_late_alarm_seconds: int = DEFAULT_OLDEST_LATE_ALARM_SECONDS
     unpolled_alarm_seconds: int = DEFAULT_UNPOLLED_ALARM_SECONDS
     alarm_email: str | None = None  # None: the alarms notify nobody (no SNS topic)
+    monitoring_detail: MonitoringDetail = "queue"
+
+    @property
+    def work_pools(self) -> tuple[str, ...]:
+        """The configured work pools (queues without workPool are found in any pool at run time)."""
+        return tuple(sorted({q.work_pool for q in self.queues if q.work_pool is not None}))
 
     @property
     def sample_interval_seconds(self) -> int:
@@ -172,6 +182,7 @@ class Config:
             "maxReschedulesPerRun": self.max_reschedules_per_run,
             "oldestLateAlarmSeconds": self.oldest_late_alarm_seconds,
             "unpolledAlarmSeconds": self.unpolled_alarm_seconds,
+            "monitoringDetail": self.monitoring_detail,
             "queues": [],
         }
         for queue in self.queues:
@@ -205,7 +216,7 @@ class Config:
 TOP_LEVEL_KEYS = ("prefectApiUrl", "queues", "prefectAuth", "network", "metricNamespace",
                   "schedule", "logRetentionDays", "stackName", "fastMode", "stuckPendingSeconds",
                   "rescheduleStuckPending", "maxReschedulesPerRun", "oldestLateAlarmSeconds", "unpolledAlarmSeconds",
-                  "alarmEmail")
+                  "alarmEmail", "monitoringDetail")
 QUEUE_KEYS = ("workQueue", "workPool", "cluster", "service", "minCapacity", "maxCapacity",
               "targetBacklogPerTask", "runsInWorkerTask")
 SERVICE_SETTINGS = ("minCapacity", "maxCapacity", "targetBacklogPerTask")
@@ -263,6 +274,15 @@ def _resource_name(value: Any) -> str:
     if not _NAME_PATTERN.match(name):
         raise ValueError("must be a name (letters, digits, '-', '_', '.'), not an ARN or a path")
     return name
+
+
+def _one_of(choices: tuple[T, ...]) -> Callable[[Any], T]:
+    def parse(value: Any) -> T:
+        for known in choices:
+            if value == known:
+                return known
+        raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+    return parse
 
 
 def _boolean(value: Any) -> bool:
@@ -384,13 +404,8 @@ def _parse_auth(problems: _Problems, value: Any) -> AuthConfig | None:
     _unknown_keys(problems, "prefectAuth.", source, ("secret", "scheme"))
     secret = _get(problems, source, "secret", "prefectAuth.secret", _string, True, "")
 
-    def scheme(value: Any) -> AuthScheme:
-        for known in AUTH_SCHEMES:
-            if value == known:
-                return known
-        raise ValueError(f"must be one of {', '.join(AUTH_SCHEMES)}")
-
-    chosen: AuthScheme = _get(problems, source, "scheme", "prefectAuth.scheme", scheme, True, "bearer")
+    chosen: AuthScheme = _get(problems, source, "scheme", "prefectAuth.scheme", _one_of(AUTH_SCHEMES), True,
+                              "bearer")
     return AuthConfig(secret=secret, scheme=chosen)
 
 
@@ -528,6 +543,13 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
     unpolled_alarm = _get(problems, context, "unpolledAlarmSeconds", "unpolledAlarmSeconds", _integer(60), False,
                           DEFAULT_UNPOLLED_ALARM_SECONDS)
     alarm_email = _get(problems, context, "alarmEmail", "alarmEmail", _email, False, None)
+    detail: MonitoringDetail = _get(problems, context, "monitoringDetail", "monitoringDetail",
+                                    _one_of(MONITORING_DETAILS), False, "queue")
+    if detail == "pool":
+        for queue in queues:
+            if queue.work_pool is None:
+                problems.add(f"queues[{queue.index}].workPool",
+                             'is required with monitoringDetail "pool" (alarms and dashboard rows per work pool)')
     if fast_mode and schedule != DEFAULT_SCHEDULE:
         problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
                                  f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
@@ -538,7 +560,7 @@ def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] 
                   namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name,
                   fast_mode=fast_mode, stuck_pending_seconds=stuck_pending, reschedule_stuck_pending=reschedule,
                   max_reschedules_per_run=max_reschedules, oldest_late_alarm_seconds=oldest_late_alarm,
-                  unpolled_alarm_seconds=unpolled_alarm, alarm_email=alarm_email)
+                  unpolled_alarm_seconds=unpolled_alarm, alarm_email=alarm_email, monitoring_detail=detail)
 
 
 def _stack_name(value: Any) -> str:

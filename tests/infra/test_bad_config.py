@@ -129,12 +129,13 @@ CASES = [
     # 150 queues also 611 CloudFormation resources (500 per stack); each problem says how to split.
     Case("too-many-queues-for-one-dashboard",
          context(queues=[queue(workQueue=f"q{i}", service=f"worker-{i % 20}") for i in range(100)]),
-         ("queues: 100 queues and 20 ECS services need 590 dashboard widgets, more than the 500",)),
+         ('queues: 100 queues on 20 ECS services need 590 dashboard widgets, more than the 500 a CloudWatch '
+          'dashboard may hold: set monitoringDetail to "pool"',)),
     Case("too-many-queues-for-one-stack",
          context(queues=[queue(workQueue=f"q{i}", service=f"worker-{i % 30}") for i in range(150)]),
-         ("queues: 150 queues on 30 ECS services (512 alarms: 3 per queue with workPool, 9 without, 2 per service; "
-          "3 scaling resources per service) need 611 CloudFormation resources, more than the 500",
-          "queues: 150 queues and 30 ECS services need 882 dashboard widgets")),
+         ("queues: 150 queues on 30 ECS services need 611 CloudFormation resources (512 of them alarms), more than "
+          "the 500 one stack may hold",
+          "queues: 150 queues on 30 ECS services need 882 dashboard widgets")),
 ]
 
 

@@ -396,3 +396,50 @@ def test_construct_ids_follow_the_names_and_never_collide() -> None:
 def test_queue_names_are_quoted_for_search_and_metrics_insights() -> None:
     assert _search_string("it's \"x\"") == '"it\\\'s \\"x\\""'
     assert _insights_string("it's") == "'it\\'s'"
+
+
+# --- monitoringDetail "pool": a fleet too big for per-queue alarms and rows --------------------------
+
+FLEET_QUEUES, FLEET_POOLS, FLEET_SERVICES = 300, 6, 60
+
+
+@pytest.fixture(scope="module")
+def fleet() -> tuple[Any, Template]:
+    return synth({
+        "prefectApiUrl": "https://prefect.internal/api", "stackName": "Fleet", "monitoringDetail": "pool",
+        "queues": [{"workPool": f"pool-{i % FLEET_POOLS}", "workQueue": f"q{i}", "cluster": "prefect",
+                    "service": f"w{i % FLEET_SERVICES}", "maxCapacity": 4} for i in range(FLEET_QUEUES)]})
+
+
+def test_a_fleet_too_big_for_per_queue_monitoring_fits_one_stack_per_pool(fleet: tuple[Any, Template]) -> None:
+    stack, template = fleet
+    body = template.to_json()
+    assert len(body["Resources"]) <= 500 and stack.monitoring.widget_count <= 500
+    ours = monitoring_alarms(template)
+    # per pool: oldest Late and stuck Pending; per service: at max capacity; the publisher's two
+    assert len(ours) == 2 * FLEET_POOLS + FLEET_SERVICES + 2
+    assert not [a for a in ours.values() if re.search(r"/q\d+\b", a["AlarmName"])]  # no per-queue alarm
+    assert cfn_lint_errors(body) == []
+
+
+def test_pool_alarms_take_the_worst_queue_of_the_pool(fleet: tuple[Any, Template]) -> None:
+    _, template = fleet
+    late = alarm(template, "Fleet oldest Late run in pool pool-3")
+    (query,) = late["Metrics"]
+    assert query["Expression"] == ("SELECT MAX(OldestLateRunAgeSeconds) FROM SCHEMA(\"Prefect\", WorkPool, "
+                                   "WorkQueue) WHERE WorkPool = 'pool-3'")
+    assert (late["Threshold"], late["ComparisonOperator"], late["TreatMissingData"]) == (
+        600, "GreaterThanThreshold", "missing")
+    stuck = alarm(template, "Fleet runs stuck in Pending in pool pool-3")
+    assert "MAX(StuckPendingFlowRuns)" in stuck["Metrics"][0]["Expression"]
+    assert (stuck["EvaluationPeriods"], stuck["DatapointsToAlarm"]) == (3, 3)
+
+
+def test_pool_rows_show_each_queue_of_the_pool_with_search(fleet: tuple[Any, Template]) -> None:
+    _, template = fleet
+    dashboard = dashboard_body(template)
+    assert (f"## Work pool pool-0: {FLEET_QUEUES // FLEET_POOLS} queues, one line each") in dashboard
+    search = ("SEARCH('{\\\"Prefect\\\",WorkPool,WorkQueue} MetricName=\\\"LateFlowRuns\\\" "
+              "WorkPool=\\\"pool-0\\\"', 'Maximum', 60)")
+    assert search in dashboard
+    assert "## Queue" not in dashboard  # no per-queue rows

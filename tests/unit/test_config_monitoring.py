@@ -1,4 +1,4 @@
-"""The monitoring settings of the configuration: oldestLateAlarmSeconds and alarmEmail."""
+"""The monitoring settings of the configuration: alarm thresholds, alarmEmail and monitoringDetail."""
 
 from __future__ import annotations
 
@@ -90,3 +90,22 @@ def test_operator_thresholds_for_workers_and_stuck_runs() -> None:
 ])
 def test_bad_operator_thresholds_name_the_field(ctx: dict[str, Any], expected: str) -> None:
     assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)
+
+
+def test_monitoring_detail_is_per_queue_unless_pool_is_asked_for() -> None:
+    assert parse_config(context()).monitoring_detail == "queue"
+    pooled = parse_config(context(monitoringDetail="pool"))
+    assert (pooled.monitoring_detail, pooled.work_pools) == ("pool", ("pool-a",))
+    assert parse_config(pooled.to_context()) == pooled
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (context(monitoringDetail="pools"), "monitoringDetail: must be one of queue, pool"),
+    (context(monitoringDetail=True), "monitoringDetail: must be one of queue, pool"),
+    ({"prefectApiUrl": API, "monitoringDetail": "pool", "queues": [dict(QUEUE), {**QUEUE, "workPool": None,
+                                                                             "workQueue": "etl"}]},
+     'queues[1].workPool: is required with monitoringDetail "pool"'),
+])
+def test_bad_monitoring_detail_names_the_field(ctx: dict[str, Any], expected: str) -> None:
+    problems = problems_of(ctx)
+    assert any(p.startswith(expected) for p in problems), problems
