@@ -22,7 +22,7 @@ from moto import mock_aws
 from prefect_backlog import handler
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.metrics import LATE_FLOW_RUNS
-from prefect_backlog.prefect_client import PrefectAuthError, PrefectClient
+from prefect_backlog.prefect_client import PAGE_SIZE, DepthMemory, PrefectAuthError, PrefectClient
 from prefect_backlog.publishing import MAX_DATA_PER_PUT, MAX_PUTS_IN_FLIGHT, Datum, put_metric_data
 from prefect_backlog.tick import run_samples, run_tick
 from tests.fake_prefect import API, NOW, FakePrefect, failing
@@ -328,6 +328,28 @@ def test_handler_publishes_and_returns_a_summary(prefect: FakePrefect, aws: dict
     summary = handler.lambda_handler({}, FakeContext())
     assert summary["queuesRead"] == 3 and summary["queueReadErrors"] == 0
     assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 2
+
+
+def test_a_warm_handler_remembers_a_deep_backlog_between_invocations(
+        prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handler, "DEPTH_MEMORY", DepthMemory())  # a fresh container
+    packaged_config(CONTEXT)
+    prefect.add_runs("pool-a", "default", 600, "SCHEDULED", "Late")
+
+    deep_queue = prefect.queue_id("pool-a", "default")
+
+    def invoke() -> tuple[dict[str, Any], int]:
+        prefect.calls.clear()
+        summary = handler.lambda_handler({}, FakeContext())
+        due_pages = [body for path, body in prefect.calls if path == "/flow_runs/filter"
+                     and body.get("limit") == PAGE_SIZE and "Late" in json.dumps(body["flow_runs"])
+                     and body["work_pool_queues"]["id"]["any_"] == [deep_queue]]
+        return summary, len(due_pages)
+
+    cold, cold_pages = invoke()
+    warm, warm_pages = invoke()
+    assert (cold_pages, warm_pages) == (1, 0)  # the cold one fetched a page of due runs, then counted
+    assert warm["prefectRequests"] < cold["prefectRequests"] and warm["queuesRead"] == cold["queuesRead"] == 3
 
 
 def test_handler_sends_the_secret_as_basic_auth_and_never_logs_it(
