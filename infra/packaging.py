@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from prefect_backlog.config import Config
@@ -44,18 +45,18 @@ def install_dependencies() -> Path:
     target = BUILD_DIR / f"deps-{_digest(REQUIREMENTS.read_bytes(), PLATFORM.encode(), PYTHON_VERSION.encode())}"
     if (target / ".complete").exists():
         return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    staging = _staging_dir(target)
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-               "--target", str(partial), "--platform", PLATFORM, "--implementation", "cp",
+               "--target", str(staging), "--platform", PLATFORM, "--implementation", "cp",
                "--python-version", PYTHON_VERSION, "--only-binary=:all:", "-r", str(REQUIREMENTS)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise RuntimeError(f"installing the Lambda's dependencies failed:\n{result.stderr.strip()}")
-    (partial / ".complete").touch()
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+    (staging / ".complete").touch()
+    if target.exists() and not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)  # left half-built by an interrupted run of an older version
+    return _publish(staging, target)
 
 
 def build_package(config: Config) -> Path:
@@ -68,13 +69,29 @@ def build_package(config: Config) -> Path:
     package = BUILD_DIR / f"package-{key}"
     if package.exists():
         return package
-    staging = package.with_name(package.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(dependencies, staging, ignore=shutil.ignore_patterns(".complete", "bin", "__pycache__"))
+    staging = _staging_dir(package)
+    shutil.copytree(dependencies, staging, ignore=shutil.ignore_patterns(".complete", "bin", "__pycache__"),
+                    dirs_exist_ok=True)
     for source in sources:
         destination = staging / source.relative_to(LAMBDA_DIR)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination)
     (staging / "prefect_backlog" / CONFIG_FILE_NAME).write_bytes(config_json)
-    staging.rename(package)
-    return package
+    return _publish(staging, package)
+
+
+def _staging_dir(final: Path) -> Path:
+    """A fresh directory beside ``final``, this process's own: several synths may build at once."""
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=final.name + ".partial-", dir=BUILD_DIR))
+
+
+def _publish(staging: Path, final: Path) -> Path:
+    """Move a finished build into place in one rename; if another synth got there first, use its copy."""
+    try:
+        staging.rename(final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # same inputs, same content: theirs will do
+    return final
