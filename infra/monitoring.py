@@ -203,11 +203,17 @@ class Monitoring(Construct):
         statistic = {"MAX": "Maximum", "MIN": "Minimum"}[function]
         if queue.work_pool is not None:
             return self._metric(definition, metrics.queue_dimensions(queue.work_pool, queue.work_queue), statistic)
+        return self._queue_insights(definition, function, "WorkQueue", queue.work_queue, label=definition.name)
+
+    def _queue_insights(self, definition: metrics.MetricDef, function: str, dimension: str, value: str, *,
+                        label: str) -> cloudwatch.MathExpression:
+        """A Metrics Insights query (allowed in alarms, unlike SEARCH): ``function`` over every queue series
+        of ``definition`` whose ``dimension`` is ``value``."""
         return cloudwatch.MathExpression(
             expression=(f"SELECT {function}({definition.name}) "
                         f"FROM SCHEMA({_insights_name(self.namespace)}, WorkPool, WorkQueue) "
-                        f"WHERE WorkQueue = {_insights_string(queue.work_queue)}"),
-            using_metrics={}, period=PERIOD, label=definition.name)
+                        f"WHERE {dimension} = {_insights_string(value)}"),
+            using_metrics={}, period=PERIOD, label=label)
 
     # --- alarms ------------------------------------------------------------------------
 
@@ -347,11 +353,8 @@ class Monitoring(Construct):
         threshold = self.config.oldest_late_alarm_seconds
 
         def worst(definition: metrics.MetricDef) -> cloudwatch.IMetric:
-            return cloudwatch.MathExpression(
-                expression=(f"SELECT MAX({definition.name}) "
-                            f"FROM SCHEMA({_insights_name(self.namespace)}, WorkPool, WorkQueue) "
-                            f"WHERE WorkPool = {_insights_string(pool)}"),
-                using_metrics={}, period=PERIOD, label=f"{definition.name}, worst queue of {pool}")
+            return self._queue_insights(definition, "MAX", "WorkPool", pool,
+                                        label=f"{definition.name}, worst queue of {pool}")
 
         self._alarm(
             f"{cid}-OldestLate", f"oldest Late run in pool {pool}", metric=worst(metrics.OLDEST_LATE_RUN_AGE),
