@@ -6,6 +6,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 # jsii warns on every synth that Node 20 is end of life; Node 20 is what these machines have.
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+# The CDK CLI would otherwise ask npm for a newer version of itself on every run.
+export CDK_DISABLE_VERSION_CHECK := 1
 export PYTHONPATH := $(CURDIR)/lambda:$(CURDIR)
 
 .PHONY: setup demo synth test unit lint integration prefect-venvs dry-run bench time-to-scale clean
@@ -28,7 +30,7 @@ demo: setup
 
 ## Synthesize the stack from the example config in cdk.json and summarize it (no AWS account needed).
 synth: setup
-	cdk synth --quiet
+	cdk synth --quiet --no-notices
 	$(PY) -m infra.summary cdk.out
 
 ## Everything CI runs: lint, type check, unit and infra tests, then the real-Prefect integration suite.
@@ -49,8 +51,10 @@ integration: setup prefect-venvs
 	$(PY) -m pytest -m integration
 
 ## One publisher run against any Prefect API, printing what would be published: make dry-run ARGS="--api-url http://127.0.0.1:4200/api"
-dry-run: setup
-	$(PY) -m prefect_backlog.dry_run $(ARGS)
+# Quiet: stdout holds only the dry run's own output (with --json, only JSON); setup talks on stderr.
+dry-run:
+	@$(MAKE) --no-print-directory setup >&2
+	@$(PY) -m prefect_backlog.dry_run $(ARGS)
 
 ## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server (~9 min); docs/performance.md
 bench: setup

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lambda"))  # the shared config schema lives there
+# jsii prints a banner on every synth that Node 20 is end of life (these machines and many CI images have 20);
+# it must be told before aws_cdk starts its Node process.
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks

@@ -66,9 +66,10 @@ from bench.world import (
     plan_queue,
     seed_ecs,
 )
+from prefect_backlog.aws.cloudwatch import MAX_DATA_PER_PUT
+from prefect_backlog.aws.ecs import MAX_SERVICES_PER_DESCRIBE
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_client import DepthMemory, PrefectClient
-from prefect_backlog.publishing import MAX_DATA_PER_PUT, MAX_SERVICES_PER_DESCRIBE
+from prefect_backlog.prefect_api import DepthMemory, PrefectClient
 from prefect_backlog.tick import run_tick
 
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results.json"

@@ -48,7 +48,7 @@ from demo import simulation as sim
 from demo.chart import ServiceSeries, draw
 from prefect_backlog import metrics
 from prefect_backlog.config import Config, ServiceConfig, parse_config
-from prefect_backlog.prefect_client import PrefectClient
+from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.tick import TickReport, run_tick
 from tests.integration.backlog import BacklogClient, Target, iso
 from tests.integration.prefect_server import PrefectServer, PrefectServerError

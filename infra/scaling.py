@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_applicationautoscaling as appscaling
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from infra.metric_queries import metric
 from prefect_backlog import metrics
 from prefect_backlog.config import ServiceConfig
 
@@ -29,12 +29,6 @@ SCALE_OUT_COOLDOWN = Duration.seconds(60)
 SCALE_IN_COOLDOWN = Duration.seconds(300)
 MAX_STEP_INTERVALS = 40  # Application Auto Scaling's limit per step policy
 PERIOD = Duration.minutes(1)
-
-
-def service_metric(namespace: str, service: ServiceConfig, metric: metrics.MetricDef, statistic: str,
-                   period: Duration = PERIOD) -> cloudwatch.Metric:
-    return cloudwatch.Metric(namespace=namespace, metric_name=metric.name, statistic=statistic, period=period,
-                             dimensions_map=metrics.service_dimensions(service.cluster, service.service))
 
 
 def shortfall_steps(max_capacity: int) -> list[appscaling.ScalingInterval]:
@@ -55,6 +49,7 @@ class ServiceScaling(Construct):
                  scale_out_period: Duration = PERIOD) -> None:
         """``scale_out_period`` below a minute needs high-resolution metrics (fast mode)."""
         super().__init__(scope, construct_id)
+        dimensions = metrics.service_dimensions(*service.key)
         self.target = appscaling.ScalableTarget(
             self, "Target",
             service_namespace=appscaling.ServiceNamespace.ECS,
@@ -71,13 +66,13 @@ class ServiceScaling(Construct):
         self.target_tracking = self.target.scale_to_track_metric(
             "BacklogPerTaskTracking",
             target_value=service.target_backlog_per_task,
-            custom_metric=service_metric(namespace, service, metrics.BACKLOG_PER_TASK, "Average"),
+            custom_metric=metric(namespace, metrics.BACKLOG_PER_TASK, dimensions, "Average"),
             scale_out_cooldown=SCALE_OUT_COOLDOWN,
             scale_in_cooldown=SCALE_IN_COOLDOWN,
         )
         self.step_scaling = self.target.scale_on_metric(
             "ShortfallScaleOut",
-            metric=service_metric(namespace, service, metrics.TASK_SHORTFALL, "Maximum", scale_out_period),
+            metric=metric(namespace, metrics.TASK_SHORTFALL, dimensions, "Maximum", period=scale_out_period),
             scaling_steps=shortfall_steps(service.max_capacity),
             adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
             cooldown=SCALE_OUT_COOLDOWN,

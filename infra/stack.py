@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aws_cdk import CfnResource, Duration, Stack
 from constructs import Construct
 
+from infra import ids
 from infra.monitoring import Monitoring
 from infra.packaging import build_package
 from infra.publisher import Publisher
@@ -20,10 +20,6 @@ MAX_RESOURCES_PER_STACK = 500
 MAX_WIDGETS_PER_DASHBOARD = 500
 
 
-def _construct_id(cluster: str, service: str) -> str:
-    return "Scaling-" + re.sub(r"[^A-Za-z0-9-]", "-", f"{cluster}-{service}")
-
-
 class PrefectAutoscalerStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, **kwargs: Any) -> None:
         super().__init__(scope, construct_id,
@@ -32,7 +28,7 @@ class PrefectAutoscalerStack(Stack):
         self.config = config
         self.publisher = Publisher(self, "Publisher", config=config, package_dir=build_package(config))
         self.scaling = {
-            service.key: ServiceScaling(self, _construct_id(*service.key), service=service,
+            service.key: ServiceScaling(self, ids.construct_id("Scaling", *service.key), service=service,
                                         namespace=config.namespace,
                                         scale_out_period=Duration.seconds(config.scale_out_period_seconds))
             for service in config.services

@@ -1,9 +1,11 @@
-"""The configuration schema: parsed and validated once, used by the stack and the Lambda.
+"""The configuration: declared once, parsed and validated once, used by the stack and the Lambda.
 
 The CDK app parses the context with :func:`parse_config`; the stack writes the
 canonical form (:meth:`Config.to_context`) into the Lambda package, and the
-Lambda parses that same form back with the same function. A field is therefore
-added, defaulted and validated in exactly one place.
+Lambda parses that same form back with the same function. Each field is
+declared once below (key, type, default, checks, in :data:`TOP_LEVEL`,
+:data:`QUEUE_ENTRY`, ...); parsing, the unknown-key check and the canonical
+form all come from those declarations (:mod:`prefect_backlog.schema`).
 
 Every problem is collected and raised together as one :class:`ConfigError`
 whose lines name the entry and the field (``queues[2].maxCapacity: ...``), so a
@@ -12,14 +14,31 @@ user fixes their ``cdk.json`` in one pass instead of one error per synth.
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import urlparse
+
+from prefect_backlog.schema import (
+    ConfigError,
+    Problems,
+    Setting,
+    Shape,
+    boolean,
+    decode_json_string,
+    describe,
+    encode,
+    integer,
+    matching,
+    one_of,
+    parse_object,
+    positive_number,
+    prefect_name,
+    string,
+)
+
+__all__ = ["ConfigError", "parse_config"]
 
 DEFAULT_NAMESPACE = "Prefect"
 DEFAULT_SCHEDULE = "rate(1 minute)"
@@ -48,18 +67,40 @@ AUTH_SCHEMES: tuple[AuthScheme, ...] = ("bearer", "basic")
 MonitoringDetail = Literal["queue", "pool"]
 MONITORING_DETAILS: tuple[MonitoringDetail, ...] = ("queue", "pool")
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")  # ECS cluster/service names
-_SCHEDULE_PATTERN = re.compile(r"^(rate\(\s*\d+\s+(minute|minutes|hour|hours|day|days)\s*\)|cron\(.+\))$")
-_METRIC_NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9.\-_/#:]{1,255}$")
-_EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MINUTE = 60
+HOUR = 3600
+DAY = 86_400
+WEEK = 7 * DAY
+_RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
+_CRON = re.compile(r"^cron\((.+)\)$")
+_UNIT_SECONDS = {"minute": MINUTE, "hour": HOUR, "day": DAY}
+_CRON_STEP = re.compile(r"^(\*|\d+)/(\d+)$")
 
 
-class ConfigError(ValueError):
-    """Invalid configuration. ``problems`` holds one line per problem, each naming its field."""
+def queue_path(work_pool: str | None, work_queue: str) -> str:
+    """How logs, errors, alarms and the dry run name a queue: ``pool/queue``, or ``queue (any pool)``."""
+    return f"{work_pool}/{work_queue}" if work_pool is not None else f"{work_queue} (any pool)"
 
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+def schedule_interval_seconds(schedule: str) -> int:
+    """Seconds between scheduled runs; for a cron expression a safe (never shorter) estimate."""
+    rate = _RATE.match(schedule)
+    if rate:
+        return max(MINUTE, int(rate.group(1)) * _UNIT_SECONDS[rate.group(2).rstrip("s")])
+    cron = _CRON.match(schedule)
+    fields = cron.group(1).split() if cron else []
+    if len(fields) != 6:
+        return DAY
+    minute, hour, day_of_month, _, day_of_week, _ = fields
+    if day_of_month not in ("*", "?") or day_of_week not in ("*", "?"):
+        return WEEK  # runs on some days only
+    if hour == "*":
+        if minute == "*":
+            return MINUTE
+        step = _CRON_STEP.match(minute)
+        return MINUTE * int(step.group(2)) if step else HOUR
+    step = _CRON_STEP.match(hour)
+    return HOUR * int(step.group(2)) if step else DAY
 
 
 @dataclass(frozen=True)
@@ -90,10 +131,13 @@ class QueueConfig:
     runs_in_worker_task: bool  # Process worker: flow runs live inside the worker's task
 
     @property
+    def path(self) -> str:
+        return queue_path(self.work_pool, self.work_queue)
+
+    @property
     def label(self) -> str:
         """How errors and logs name this entry."""
-        where = f"{self.work_pool}/{self.work_queue}" if self.work_pool else self.work_queue
-        return f"queues[{self.index}] ({where})"
+        return f"queues[{self.index}] {self.path}"
 
     @property
     def service_key(self) -> tuple[str, str]:
@@ -114,6 +158,10 @@ class ServiceConfig:
     @property
     def key(self) -> tuple[str, str]:
         return (self.cluster, self.service)
+
+    @property
+    def path(self) -> str:
+        return f"{self.cluster}/{self.service}"
 
     @property
     def resource_id(self) -> str:
@@ -147,13 +195,18 @@ class Config:
         return tuple(sorted({q.work_pool for q in self.queues if q.work_pool is not None}))
 
     @property
+    def schedule_interval_seconds(self) -> int:
+        """Seconds between publisher invocations (for cron, a safe estimate)."""
+        return schedule_interval_seconds(self.schedule)
+
+    @property
     def sample_interval_seconds(self) -> int:
         """How often the backlog is sampled: once per scheduled invocation, or every 10 s in fast mode."""
-        return FAST_SAMPLE_SECONDS if self.fast_mode else 60
+        return FAST_SAMPLE_SECONDS if self.fast_mode else self.schedule_interval_seconds
 
     @property
     def samples_per_invocation(self) -> int:
-        return 60 // self.sample_interval_seconds
+        return MINUTE // FAST_SAMPLE_SECONDS if self.fast_mode else 1
 
     @property
     def storage_resolution(self) -> int:
@@ -163,164 +216,35 @@ class Config:
     @property
     def scale_out_period_seconds(self) -> int:
         """Period of the step scale-out alarm; target tracking has no sub-minute period either way."""
-        return self.sample_interval_seconds
+        return FAST_SAMPLE_SECONDS if self.fast_mode else MINUTE
 
     def service_for(self, queue: QueueConfig) -> ServiceConfig:
         return next(s for s in self.services if s.key == queue.service_key)
 
     def to_context(self) -> dict[str, Any]:
         """The canonical context form: every default spelled out; parses back to an equal Config."""
-        context: dict[str, Any] = {
-            "prefectApiUrl": self.api_url,
-            "metricNamespace": self.namespace,
-            "schedule": self.schedule,
-            "logRetentionDays": self.log_retention_days,
-            "stackName": self.stack_name,
-            "fastMode": self.fast_mode,
-            "stuckPendingSeconds": self.stuck_pending_seconds,
-            "rescheduleStuckPending": self.reschedule_stuck_pending,
-            "maxReschedulesPerRun": self.max_reschedules_per_run,
-            "oldestLateAlarmSeconds": self.oldest_late_alarm_seconds,
-            "unpolledAlarmSeconds": self.unpolled_alarm_seconds,
-            "monitoringDetail": self.monitoring_detail,
-            "queues": [],
-        }
-        for queue in self.queues:
-            service = self.service_for(queue)
-            entry: dict[str, Any] = {"workQueue": queue.work_queue}
-            if queue.work_pool is not None:
-                entry["workPool"] = queue.work_pool
-            entry.update(
-                cluster=queue.cluster,
-                service=queue.service,
-                minCapacity=service.min_capacity,
-                maxCapacity=service.max_capacity,
-                targetBacklogPerTask=service.target_backlog_per_task,
-                runsInWorkerTask=queue.runs_in_worker_task,
-            )
-            context["queues"].append(entry)
-        if self.auth is not None:
-            context["prefectAuth"] = {"secret": self.auth.secret, "scheme": self.auth.scheme}
-        if self.network is not None:
-            context["network"] = {
-                "subnetIds": list(self.network.subnet_ids),
-                "securityGroupIds": list(self.network.security_group_ids),
-            }
-        if self.alarm_email is not None:
-            context["alarmEmail"] = self.alarm_email
+        context = encode((s for s in TOP_LEVEL.settings if s.attr != "queues"), lambda s: getattr(self, s.attr))
+        context["queues"] = [self._entry_context(queue) for queue in self.queues]
         return context
 
-
-# --- parsing -----------------------------------------------------------------------
-
-TOP_LEVEL_KEYS = ("prefectApiUrl", "queues", "prefectAuth", "network", "metricNamespace",
-                  "schedule", "logRetentionDays", "stackName", "fastMode", "stuckPendingSeconds",
-                  "rescheduleStuckPending", "maxReschedulesPerRun", "oldestLateAlarmSeconds", "unpolledAlarmSeconds",
-                  "alarmEmail", "monitoringDetail")
-QUEUE_KEYS = ("workQueue", "workPool", "cluster", "service", "minCapacity", "maxCapacity",
-              "targetBacklogPerTask", "runsInWorkerTask")
-SERVICE_SETTINGS = ("minCapacity", "maxCapacity", "targetBacklogPerTask")
-
-T = TypeVar("T")
+    def _entry_context(self, queue: QueueConfig) -> dict[str, Any]:
+        """A queue entry with the values of its ECS service's settings, so each entry parses on its own."""
+        service = self.service_for(queue)
+        return encode(QUEUE_ENTRY.settings, lambda s: getattr(service if s.scope == "service" else queue, s.attr))
 
 
-@dataclass
-class _Problems:
-    lines: list[str] = field(default_factory=list)
-
-    def add(self, where: str, message: str) -> None:
-        self.lines.append(f"{where}: {message}")
-
-
-def _unknown_keys(problems: _Problems, where: str, given: Iterable[str], known: tuple[str, ...]) -> None:
-    for key in given:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
-            problems.add(f"{where}{key}", f"unknown key{hint}")
-
-
-def _describe(value: object) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _get(problems: _Problems, source: Mapping[str, Any], key: str, where: str,
-         convert: Callable[[Any], T], required: bool, default: T) -> T:
-    """Read one field; on a bad value record a problem naming ``where`` and return ``default``."""
-    if key not in source or source[key] is None:
-        if required:
-            problems.add(where, "is required")
-        return default
-    try:
-        return convert(source[key])
-    except (TypeError, ValueError) as exc:
-        problems.add(where, f"{exc}, got {_describe(source[key])}")
-        return default
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("must be a string")
-    if not value.strip():
-        raise ValueError("must not be empty")
-    if value != value.strip():
-        raise ValueError("must not start or end with white space")
-    return value
+# --- the declarations ---------------------------------------------------------------------------
 
 
 def _resource_name(value: Any) -> str:
-    name = _string(value)
-    if not _NAME_PATTERN.match(name):
+    name = string(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}", name):  # ECS cluster/service names
         raise ValueError("must be a name (letters, digits, '-', '_', '.'), not an ARN or a path")
     return name
 
 
-def _one_of(choices: tuple[T, ...]) -> Callable[[Any], T]:
-    def parse(value: Any) -> T:
-        for known in choices:
-            if value == known:
-                return known
-        raise ValueError(f"must be one of {', '.join(map(str, choices))}")
-    return parse
-
-
-def _boolean(value: Any) -> bool:
-    # `cdk -c key=true` delivers strings; cdk.json delivers real booleans.
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise TypeError("must be true or false")
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError("must be a whole number")
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return value
-
-    return convert
-
-
-def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError("must be a number")
-    try:
-        number = float(value)
-    except OverflowError:  # a whole number too large for a float
-        raise ValueError("must be a number greater than 0 and below 1e308") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("must be a number greater than 0")
-    return number
-
-
 def _api_url(value: Any) -> str:
-    url = _string(value)
+    url = string(value)
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError("must be an http(s) URL such as https://prefect.example.com/api")
@@ -331,65 +255,38 @@ def _api_url(value: Any) -> str:
     return url.rstrip("/")
 
 
-def _schedule(value: Any) -> str:
-    text = _string(value)
-    if not _SCHEDULE_PATTERN.match(text):
-        raise ValueError("must be an EventBridge Scheduler expression like rate(1 minute) or cron(...)")
-    return text
-
-
 def _namespace(value: Any) -> str:
-    text = _string(value)
-    if text.startswith("AWS/") or not _METRIC_NAMESPACE_PATTERN.match(text):
+    text = string(value)
+    if text.startswith("AWS/") or not re.fullmatch(r"[A-Za-z0-9.\-_/#:]{1,255}", text):
         raise ValueError("must be a custom CloudWatch namespace (not AWS/...)")
     return text
 
 
-def _email(value: Any) -> str:
-    text = _string(value)
-    if not _EMAIL_PATTERN.match(text):
-        raise ValueError("must be one email address such as ops@example.com")
-    return text
-
-
 def _retention(value: Any) -> int:
-    days = _integer(1)(value)
+    days = integer(1)(value)
     if days not in LOG_RETENTION_DAYS:
         raise ValueError(f"must be one of CloudWatch Logs' retention periods {LOG_RETENTION_DAYS}")
     return days
 
 
-def _id_list(prefix: str) -> Callable[[Any], tuple[str, ...]]:
+def _id_list(prefix: str) -> Any:
     """A non-empty list of EC2 ids such as subnet-0123abcd or sg-0123456789abcdef0."""
     pattern = re.compile(rf"^{prefix}-([0-9a-f]{{8}}|[0-9a-f]{{17}})$")
 
     def convert(value: Any) -> tuple[str, ...]:
+        value = decode_json_string(value, f"a list of ids like {prefix}-0123abcd")
         if not isinstance(value, list) or not value:
             raise TypeError(f"must be a non-empty list of ids like {prefix}-0123abcd")
         for item in value:
             if not isinstance(item, str) or not pattern.match(item):
-                raise ValueError(f"must hold ids like {prefix}-0123abcd, not {_describe(item)}")
+                raise ValueError(f"must hold ids like {prefix}-0123abcd, not {describe(item)}")
         return tuple(value)
 
     return convert
 
 
-def _mapping(problems: _Problems, value: Any, where: str) -> Mapping[str, Any] | None:
-    if not isinstance(value, Mapping):
-        problems.add(where, f"must be an object, got {_describe(value)}")
-        return None
-    return value
-
-
 def _queue_list(value: Any) -> list[Any]:
-    # `cdk -c queues='[...]'` delivers a JSON string; cdk.json delivers a list.
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"is a string that is not valid JSON ({exc.msg} at position {exc.pos})") from None
-        except RecursionError:
-            raise ValueError("is a string nested too deeply to be a list of queue entries") from None
+    value = decode_json_string(value, "a list of queue entries")
     if not isinstance(value, list):
         raise TypeError("must be a list of queue entries")
     if not value:
@@ -397,65 +294,120 @@ def _queue_list(value: Any) -> list[Any]:
     return value
 
 
-def _parse_auth(problems: _Problems, value: Any) -> AuthConfig | None:
-    source = _mapping(problems, value, "prefectAuth")
-    if source is None:
-        return None
-    _unknown_keys(problems, "prefectAuth.", source, ("secret", "scheme"))
-    secret = _get(problems, source, "secret", "prefectAuth.secret", _string, True, "")
-
-    chosen: AuthScheme = _get(problems, source, "scheme", "prefectAuth.scheme", _one_of(AUTH_SCHEMES), True,
-                              "bearer")
-    return AuthConfig(secret=secret, scheme=chosen)
+AUTH = Shape(build=AuthConfig, settings=(
+    Setting("secret", "secret", string),
+    Setting("scheme", "scheme", one_of(*AUTH_SCHEMES)),
+))
+NETWORK = Shape(build=NetworkConfig, settings=(
+    Setting("subnetIds", "subnet_ids", _id_list("subnet")),
+    Setting("securityGroupIds", "security_group_ids", _id_list("sg")),
+))
 
 
-def _parse_network(problems: _Problems, value: Any) -> NetworkConfig | None:
-    source = _mapping(problems, value, "network")
-    if source is None:
-        return None
-    _unknown_keys(problems, "network.", source, ("subnetIds", "securityGroupIds"))
-    no_ids: tuple[str, ...] = ()
-    subnets = _get(problems, source, "subnetIds", "network.subnetIds", _id_list("subnet"), True, no_ids)
-    groups = _get(problems, source, "securityGroupIds", "network.securityGroupIds", _id_list("sg"), True, no_ids)
-    return NetworkConfig(subnet_ids=subnets, security_group_ids=groups)
-
-
-@dataclass
+@dataclass(frozen=True)
 class _QueueEntry:
+    """A parsed queue entry before its service is merged: the queue, and the service settings it gave."""
+
     queue: QueueConfig
-    settings: dict[str, Any]  # the service settings this entry gave explicitly
+    service_settings: dict[str, Any]
+    invalid: frozenset[str]  # service settings it gave with a bad value (already reported)
 
 
-def _parse_queue(problems: _Problems, index: int, value: Any) -> _QueueEntry | None:
+# A queue entry: its queue, and the settings of the ECS service it scales ("service" scope: the entries
+# of one service must agree on them, and each entry's canonical form spells out the service's values).
+QUEUE_ENTRY = Shape(build=dict, settings=(
+    Setting("workQueue", "work_queue", prefect_name),
+    Setting("workPool", "work_pool", prefect_name, default=None),
+    Setting("cluster", "cluster", _resource_name),
+    Setting("service", "service", _resource_name),
+    Setting("minCapacity", "min_capacity", integer(0), default=0, scope="service"),
+    Setting("maxCapacity", "max_capacity", integer(1), scope="service"),
+    Setting("targetBacklogPerTask", "target_backlog_per_task", positive_number,
+            default=DEFAULT_TARGET_BACKLOG_PER_TASK, scope="service"),
+    Setting("runsInWorkerTask", "runs_in_worker_task", boolean, default=False),
+))
+
+# The CDK context (cdk.json "context" or -c): lenient about keys, which also hold CDK's own settings.
+TOP_LEVEL = Shape(build=dict, strict=False, settings=(
+    Setting("prefectApiUrl", "api_url", _api_url),
+    Setting("queues", "queues", _queue_list),
+    Setting("prefectAuth", "auth", AUTH, default=None),
+    Setting("network", "network", NETWORK, default=None),
+    Setting("metricNamespace", "namespace", _namespace, default=DEFAULT_NAMESPACE),
+    Setting("schedule", "schedule", matching(
+        r"rate\(\s*\d+\s+(minute|minutes|hour|hours|day|days)\s*\)|cron\(.+\)",
+        "must be an EventBridge Scheduler expression like rate(1 minute) or cron(...)"), default=DEFAULT_SCHEDULE),
+    Setting("logRetentionDays", "log_retention_days", _retention, default=DEFAULT_LOG_RETENTION_DAYS),
+    Setting("stackName", "stack_name", matching(
+        r"[A-Za-z][A-Za-z0-9-]{0,127}", "must be a CloudFormation stack name (letters, digits, '-', starting with a "
+                                        "letter)"), default=DEFAULT_STACK_NAME),
+    Setting("fastMode", "fast_mode", boolean, default=False),
+    Setting("stuckPendingSeconds", "stuck_pending_seconds", integer(60), default=DEFAULT_STUCK_PENDING_SECONDS),
+    Setting("rescheduleStuckPending", "reschedule_stuck_pending", boolean, default=False),
+    Setting("maxReschedulesPerRun", "max_reschedules_per_run", integer(1), default=DEFAULT_MAX_RESCHEDULES_PER_RUN),
+    Setting("oldestLateAlarmSeconds", "oldest_late_alarm_seconds", integer(60),
+            default=DEFAULT_OLDEST_LATE_ALARM_SECONDS),
+    Setting("unpolledAlarmSeconds", "unpolled_alarm_seconds", integer(60), default=DEFAULT_UNPOLLED_ALARM_SECONDS),
+    Setting("alarmEmail", "alarm_email", matching(r"[^@\s]+@[^@\s]+\.[^@\s]+",
+                                                  "must be one email address such as ops@example.com"), default=None),
+    Setting("monitoringDetail", "monitoring_detail", one_of(*MONITORING_DETAILS), default="queue"),
+))
+
+TOP_LEVEL_KEYS = TOP_LEVEL.keys
+QUEUE_KEYS = QUEUE_ENTRY.keys
+SERVICE_SETTINGS = tuple(s for s in QUEUE_ENTRY.settings if s.scope == "service")
+
+
+# --- parsing --------------------------------------------------------------------------------------
+
+
+def parse_config(context: Mapping[str, Any]) -> Config:
+    """Validate the whole configuration; raise one ConfigError listing every problem.
+
+    ``context`` is the CDK context (or the canonical form the Lambda reads back).
+    Keys other than ours are CDK's own (feature flags and the like) and are left
+    alone, except ones close enough to ours to be a typo.
+    """
+    if not isinstance(context, Mapping):
+        raise ConfigError([f"configuration: must be an object, got {describe(context)}"])
+    problems = Problems()
+    top = parse_object(problems, "", context, TOP_LEVEL)
+    assert top is not None  # a Mapping always parses as an object
+    values = top.values
+    entries = [entry for index, item in enumerate(values.pop("queues") or [])
+               if (entry := _parse_entry(problems, index, item)) is not None]
+    queues = tuple(entry.queue for entry in entries)
+    _check_duplicates(problems, queues)
+    services = _merge_services(problems, entries)
+    if values["monitoring_detail"] == "pool":
+        for queue in queues:
+            if queue.work_pool is None:
+                problems.add(f"queues[{queue.index}].workPool",
+                             'is required with monitoringDetail "pool" (alarms and dashboard rows per work pool)')
+    if values["fast_mode"] and values["schedule"] != DEFAULT_SCHEDULE:
+        problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
+                                 f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
+    problems.raise_any()
+    return Config(queues=queues, services=services, **values)
+
+
+def _parse_entry(problems: Problems, index: int, item: Any) -> _QueueEntry | None:
     where = f"queues[{index}]"
-    source = _mapping(problems, value, where)
-    if source is None:
+    parsed = parse_object(problems, where, item, QUEUE_ENTRY)
+    if parsed is None:
         return None
-    _unknown_keys(problems, f"{where}.", source, QUEUE_KEYS)
-    work_queue = _get(problems, source, "workQueue", f"{where}.workQueue", _string, True, "")
-    work_pool = _get(problems, source, "workPool", f"{where}.workPool", _string, False, None)
-    cluster = _get(problems, source, "cluster", f"{where}.cluster", _resource_name, True, "")
-    service = _get(problems, source, "service", f"{where}.service", _resource_name, True, "")
-    in_task = _get(problems, source, "runsInWorkerTask", f"{where}.runsInWorkerTask", _boolean, False, False)
-    converters: dict[str, Callable[[Any], Any]] = {
-        "minCapacity": _integer(0),
-        "maxCapacity": _integer(1),
-        "targetBacklogPerTask": _positive_number,
-    }
-    settings: dict[str, Any] = {}
-    for key, convert in converters.items():
-        parsed = _get(problems, source, key, f"{where}.{key}", convert, False, None)
-        if parsed is not None:
-            settings[key] = parsed
-    if "minCapacity" in settings and "maxCapacity" in settings and settings["maxCapacity"] < settings["minCapacity"]:
+    given = {s.attr: parsed.values[s.attr] for s in SERVICE_SETTINGS if s.attr in parsed.given}
+    if given.get("min_capacity", 0) > given.get("max_capacity", float("inf")):
         problems.add(f"{where}.maxCapacity",
-                     f"must be at least minCapacity ({settings['minCapacity']}), got {settings['maxCapacity']}")
-    queue = QueueConfig(index=index, work_queue=work_queue, work_pool=work_pool, cluster=cluster,
-                        service=service, runs_in_worker_task=in_task)
-    return _QueueEntry(queue=queue, settings=settings)
+                     f"must be at least minCapacity ({given['min_capacity']}), got {given['max_capacity']}")
+    # A required name that was missing or bad: the parse fails anyway, and "" lets the other checks run.
+    fields: dict[str, Any] = {s.attr: "" if parsed.values[s.attr] is None and s.required else parsed.values[s.attr]
+                              for s in QUEUE_ENTRY.settings if s.scope == "entry"}
+    queue = QueueConfig(index=index, **fields)
+    return _QueueEntry(queue=queue, service_settings=given, invalid=parsed.invalid)
 
 
-def _merge_services(problems: _Problems, entries: list[_QueueEntry]) -> tuple[ServiceConfig, ...]:
+def _merge_services(problems: Problems, entries: Iterable[_QueueEntry]) -> tuple[ServiceConfig, ...]:
     """Group entries by ECS service; the entries of one service must agree on its settings."""
     by_service: dict[tuple[str, str], list[_QueueEntry]] = {}
     for entry in entries:
@@ -463,108 +415,35 @@ def _merge_services(problems: _Problems, entries: list[_QueueEntry]) -> tuple[Se
     services = []
     for (cluster, service), group in by_service.items():
         chosen: dict[str, Any] = {}
-        for key in SERVICE_SETTINGS:
-            given = {e.queue.index: e.settings[key] for e in group if key in e.settings}
+        for setting in SERVICE_SETTINGS:
+            given = {e.queue.index: e.service_settings[setting.attr] for e in group
+                     if setting.attr in e.service_settings}
             if len(set(given.values())) > 1:
                 listed = ", ".join(f"queues[{i}] says {v}" for i, v in given.items())
-                problems.add(f"queues[{min(given)}].{key}",
+                problems.add(f"queues[{min(given)}].{setting.key}",
                              f"entries for ECS service {cluster}/{service} disagree ({listed}); give one value")
             if given:
-                chosen[key] = given[min(given)]
-        indexes = tuple(e.queue.index for e in group)
-        if "maxCapacity" not in chosen:
-            problems.add(f"queues[{indexes[0]}].maxCapacity",
-                         f"is required (at least one entry for ECS service {cluster}/{service} must give it)")
-        min_capacity = chosen.get("minCapacity", 0)
-        max_capacity = chosen.get("maxCapacity", max(min_capacity, 1))
-        if max_capacity < min_capacity:
-            problems.add(f"queues[{indexes[0]}].maxCapacity",
-                         f"ECS service {cluster}/{service}: maxCapacity {max_capacity} is below minCapacity "
-                         f"{min_capacity}")
-        services.append(ServiceConfig(
-            cluster=cluster, service=service, min_capacity=min_capacity, max_capacity=max_capacity,
-            target_backlog_per_task=chosen.get("targetBacklogPerTask", DEFAULT_TARGET_BACKLOG_PER_TASK),
-            queue_indexes=indexes,
-        ))
+                chosen[setting.attr] = given[min(given)]
+            elif not setting.required:
+                chosen[setting.attr] = setting.default
+            elif not any(setting.attr in e.invalid for e in group):  # a bad value was reported already
+                problems.add(f"queues[{group[0].queue.index}].{setting.key}",
+                             f"is required (at least one entry for ECS service {cluster}/{service} must give it)")
+        chosen.setdefault("max_capacity", max(chosen["min_capacity"], 1))  # missing: already reported
+        if chosen["max_capacity"] < chosen["min_capacity"]:
+            problems.add(f"queues[{group[0].queue.index}].maxCapacity",
+                         f"ECS service {cluster}/{service}: maxCapacity {chosen['max_capacity']} is below "
+                         f"minCapacity {chosen['min_capacity']}")
+        services.append(ServiceConfig(cluster=cluster, service=service,
+                                      queue_indexes=tuple(e.queue.index for e in group), **chosen))
     return tuple(services)
 
 
-def _check_duplicates(problems: _Problems, queues: list[QueueConfig]) -> None:
+def _check_duplicates(problems: Problems, queues: Iterable[QueueConfig]) -> None:
     seen: dict[tuple[str | None, str], int] = {}
     for queue in queues:
         key = (queue.work_pool, queue.work_queue)
-        where = f"{queue.work_pool}/{queue.work_queue}" if queue.work_pool else queue.work_queue
         if key in seen:
-            problems.add(f"queues[{queue.index}]", f"duplicates queues[{seen[key]}] ({where})")
+            problems.add(f"queues[{queue.index}]", f"duplicates queues[{seen[key]}] ({queue.path})")
         else:
             seen[key] = queue.index
-
-
-def parse_config(context: Mapping[str, Any], *, known_extra_keys: Iterable[str] = ()) -> Config:
-    """Validate the whole configuration; raise one ConfigError listing every problem.
-
-    ``context`` is the CDK context (or the canonical form the Lambda reads back).
-    Keys other than ours are CDK's own (feature flags and the like) and are left
-    alone, except ones close enough to ours to be a typo.
-    """
-    problems = _Problems()
-    if not isinstance(context, Mapping):
-        raise ConfigError([f"configuration: must be an object, got {_describe(context)}"])
-    for key in context:
-        if key in TOP_LEVEL_KEYS or key in known_extra_keys or not isinstance(key, str):
-            continue
-        close = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1, cutoff=0.8)
-        if close:
-            problems.add(key, f"unknown key (did you mean '{close[0]}'?)")
-
-    api_url = _get(problems, context, "prefectApiUrl", "prefectApiUrl", _api_url, True, "")
-    no_queues: list[Any] = []
-    raw_queues = _get(problems, context, "queues", "queues", _queue_list, True, no_queues)
-    entries = [e for i, item in enumerate(raw_queues) if (e := _parse_queue(problems, i, item)) is not None]
-    queues = [e.queue for e in entries]
-    _check_duplicates(problems, queues)
-    services = _merge_services(problems, entries)
-
-    auth = _parse_auth(problems, context["prefectAuth"]) if context.get("prefectAuth") is not None else None
-    network = _parse_network(problems, context["network"]) if context.get("network") is not None else None
-    namespace = _get(problems, context, "metricNamespace", "metricNamespace", _namespace, False, DEFAULT_NAMESPACE)
-    schedule = _get(problems, context, "schedule", "schedule", _schedule, False, DEFAULT_SCHEDULE)
-    retention = _get(problems, context, "logRetentionDays", "logRetentionDays", _retention, False,
-                     DEFAULT_LOG_RETENTION_DAYS)
-    stack_name = _get(problems, context, "stackName", "stackName", _stack_name, False, DEFAULT_STACK_NAME)
-    fast_mode = _get(problems, context, "fastMode", "fastMode", _boolean, False, False)
-    stuck_pending = _get(problems, context, "stuckPendingSeconds", "stuckPendingSeconds", _integer(60), False,
-                         DEFAULT_STUCK_PENDING_SECONDS)
-    reschedule = _get(problems, context, "rescheduleStuckPending", "rescheduleStuckPending", _boolean, False, False)
-    max_reschedules = _get(problems, context, "maxReschedulesPerRun", "maxReschedulesPerRun", _integer(1), False,
-                           DEFAULT_MAX_RESCHEDULES_PER_RUN)
-    oldest_late_alarm = _get(problems, context, "oldestLateAlarmSeconds", "oldestLateAlarmSeconds", _integer(60),
-                             False, DEFAULT_OLDEST_LATE_ALARM_SECONDS)
-    unpolled_alarm = _get(problems, context, "unpolledAlarmSeconds", "unpolledAlarmSeconds", _integer(60), False,
-                          DEFAULT_UNPOLLED_ALARM_SECONDS)
-    alarm_email = _get(problems, context, "alarmEmail", "alarmEmail", _email, False, None)
-    detail: MonitoringDetail = _get(problems, context, "monitoringDetail", "monitoringDetail",
-                                    _one_of(MONITORING_DETAILS), False, "queue")
-    if detail == "pool":
-        for queue in queues:
-            if queue.work_pool is None:
-                problems.add(f"queues[{queue.index}].workPool",
-                             'is required with monitoringDetail "pool" (alarms and dashboard rows per work pool)')
-    if fast_mode and schedule != DEFAULT_SCHEDULE:
-        problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
-                                 f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
-
-    if problems.lines:
-        raise ConfigError(problems.lines)
-    return Config(api_url=api_url, queues=tuple(queues), services=services, auth=auth, network=network,
-                  namespace=namespace, schedule=schedule, log_retention_days=retention, stack_name=stack_name,
-                  fast_mode=fast_mode, stuck_pending_seconds=stuck_pending, reschedule_stuck_pending=reschedule,
-                  max_reschedules_per_run=max_reschedules, oldest_late_alarm_seconds=oldest_late_alarm,
-                  unpolled_alarm_seconds=unpolled_alarm, alarm_email=alarm_email, monitoring_detail=detail)
-
-
-def _stack_name(value: Any) -> str:
-    name = _string(value)
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,127}", name):
-        raise ValueError("must be a CloudFormation stack name (letters, digits, '-', starting with a letter)")
-    return name

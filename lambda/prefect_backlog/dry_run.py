@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -21,8 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect_backlog.aws.ecs import EcsClient
 from prefect_backlog.config import ConfigError, parse_config
-from prefect_backlog.prefect_client import PrefectClient, authorization_header
+from prefect_backlog.prefect_api import PrefectClient, authorization_header
 from prefect_backlog.tick import TickReport, metric_data, run_tick
 
 CREDENTIAL_VARIABLES = {"bearer": "PREFECT_API_KEY", "basic": "PREFECT_API_AUTH_STRING"}
@@ -34,9 +36,40 @@ class AssumedTaskCounts:
     def __init__(self, running: int) -> None:
         self.running = running
 
-    def describe_services(self, cluster: str, services: Sequence[str]) -> dict[str, Any]:
+    def describe_services(self, *, cluster: str, services: list[str]) -> dict[str, Any]:
         return {"services": [{"serviceName": s, "status": "ACTIVE", "runningCount": self.running,
                               "desiredCount": self.running} for s in services]}
+
+
+class UsageError(Exception):
+    """The dry run cannot start as asked (exit code 2); the message says what to do."""
+
+
+def ecs_client() -> EcsClient:
+    """A real ECS client for --ecs, or UsageError naming what is missing (region, credentials)."""
+    import boto3  # only when asked: the dry run must work without AWS libraries configured
+    import botocore.exceptions
+
+    session = boto3.Session()
+    if session.region_name is None:
+        raise UsageError("--ecs needs an AWS region: set AWS_DEFAULT_REGION (or AWS_PROFILE with a region)")
+    try:
+        credentials = session.get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise UsageError(f"--ecs needs AWS credentials: {exc}") from None
+    if credentials is None:
+        raise UsageError("--ecs needs AWS credentials (environment, profile or instance role); none were found")
+    client: EcsClient = session.client("ecs")
+    return client
+
+
+def _log_to_stderr() -> None:
+    """The tick's warnings (what was not read, and why) go to stderr, so stdout holds only the result."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("prefect_backlog")
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -57,7 +90,7 @@ def render(report: TickReport, running_note: str) -> str:
     queue_rows: list[list[Any]] = []
     for q in report.queues:
         b = q.backlog
-        where = f"{q.resolved.pool}/{q.resolved.name}" if q.resolved else q.config.label
+        where = q.resolved.path if q.resolved else q.config.label
         if b is None:
             queue_rows.append([where, "", "", "", "", "", "", "", f"NOT READ: {q.error}"])
         else:
@@ -66,7 +99,7 @@ def render(report: TickReport, running_note: str) -> str:
     service_rows: list[list[Any]] = []
     for s in report.services:
         sig = s.signal
-        name = f"{s.config.cluster}/{s.config.service}"
+        name = s.config.path
         if sig is None:
             service_rows.append([name, s.demand, "", "", "", "", f"NOT PUBLISHED: {s.error}"])
         else:
@@ -127,20 +160,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         authorization = authorization_header(config.auth.scheme, os.environ[variable])
 
+    ecs: EcsClient
     if args.ecs:
-        import boto3  # only when asked: the dry run must work without AWS libraries configured
-
-        ecs: Any = boto3.client("ecs")
+        try:
+            ecs = ecs_client()
+        except UsageError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         note = "Task counts read from ECS."
     else:
         ecs = AssumedTaskCounts(args.running_tasks)
         note = f"Task counts assumed: {args.running_tasks} running and desired per service (no AWS call made)."
 
+    _log_to_stderr()
     now = datetime.now(UTC)
     client = PrefectClient(config.api_url, authorization=authorization, deadline=time.monotonic() + args.timeout)
     report = run_tick(config, client, ecs=ecs, cloudwatch=None, now=now)
     print(as_json(report, config.stack_name, now) if args.json else render(report, note))
-    return 1 if report.whole_failure else 0
+    ecs_unread = args.ecs and report.services and all(
+        s.signal is None and s.demand is not None for s in report.services)
+    if ecs_unread:
+        print("ECS could not be read for any service (see the notes above): no scaling signal was computed",
+              file=sys.stderr)
+    return 1 if report.whole_failure or ecs_unread else 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_client import DepthMemory, PrefectClient, authorization_header
+from prefect_backlog.prefect_api import DepthMemory, PrefectClient, authorization_header
 from prefect_backlog.tick import run_samples
 
 CONFIG_FILE = Path(os.environ.get("PUBLISHER_CONFIG_FILE", Path(__file__).with_name("publisher_config.json")))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from prefect_backlog import metrics
+from prefect_backlog.aws.cloudwatch import CloudWatchClient, Datum, put_metric_data
+from prefect_backlog.aws.ecs import EcsClient, EcsReadError, TaskCounts, describe_services
 from prefect_backlog.backlog import (
     QueueBacklog,
     QueueCounts,
@@ -26,10 +27,11 @@ from prefect_backlog.backlog import (
     sum_demand,
 )
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
-from prefect_backlog.prefect_client import PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
-from prefect_backlog.publishing import Datum, EcsReadError, TaskCounts, describe_services, put_metric_data
+from prefect_backlog.fanout import Fanout
+from prefect_backlog.prefect_api import PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
 
 log = logging.getLogger("prefect_backlog")
+T = TypeVar("T")
 
 # Kept free at the end of each sample for PutMetricData, so a slow Prefect API cannot push
 # the publish past the next sample or the Lambda timeout.
@@ -74,11 +76,19 @@ class TickReport:
     def queue_errors(self) -> int:
         return sum(1 for q in self.queues if q.error is not None)
 
+    @property
+    def queues_read(self) -> int:
+        return len(self.queues) - self.queue_errors
+
+    @property
+    def service_errors(self) -> int:
+        return sum(1 for s in self.services if s.error is not None)
+
     def summary(self) -> dict[str, Any]:
         return {
-            "queuesRead": len(self.queues) - self.queue_errors,
+            "queuesRead": self.queues_read,
             "queueReadErrors": self.queue_errors,
-            "serviceReadErrors": sum(1 for s in self.services if s.error is not None),
+            "serviceReadErrors": self.service_errors,
             "prefectRequests": self.prefect_requests,
             "rescheduledFlowRuns": self.rescheduled,
             "putMetricDataCalls": self.put_metric_data_calls,
@@ -93,7 +103,7 @@ class PrefectReads(NamedTuple):
     whole_failure: str | None  # set when nothing could be read at all
 
 
-def read_prefect(config: Config, client: PrefectClient, now: datetime) -> PrefectReads:
+def read_prefect(config: Config, client: PrefectClient, now: datetime, fanout: Fanout) -> PrefectReads:
     """Every configured queue's backlog (or the reason it could not be read) and its pool's worker health.
 
     Once the queues are resolved, their runs and their pools' workers are
@@ -109,21 +119,30 @@ def read_prefect(config: Config, client: PrefectClient, now: datetime) -> Prefec
         return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
 
     found = [r for r in resolved.values() if isinstance(r, ResolvedQueue)]
-    # Leaving this block waits for the worker read, so no request outlives the tick and
-    # ``client.requests_sent`` counts every one of them.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-workers") as background:
-        workers = background.submit(client.read_workers, {r.pool for r in found})
-        try:
-            counts = client.read_counts(found, now, config.stuck_pending_seconds)
-        except PrefectError as exc:  # credentials rejected half-way
-            cause = f"could not read flow runs: {exc}"
-            return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
-        results = _queue_results(config, resolved, counts, now)
-        if results and all(r.error for r in results):
-            cause = "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
-            return PrefectReads(results, {}, cause)  # the worker read is dropped, whatever it found
-        # Raises what read_workers raised (a rejected credential), as calling it here would have.
-        return PrefectReads(results, workers.result(), None)
+    workers = fanout.submit(lambda: client.read_workers({r.pool for r in found}, fanout))
+    try:
+        counts = client.read_counts(found, now, config.stuck_pending_seconds, fanout)
+    except PrefectError as exc:  # credentials rejected half-way
+        cause = f"could not read flow runs: {exc}"
+        return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
+    finally:
+        # Wait for the worker read either way, so no request outlives the tick and
+        # ``client.requests_sent`` counts every one of them; its own failure is handled below.
+        worker_read = _settle(workers.result)
+    results = _queue_results(config, resolved, counts, now)
+    if results and all(r.error for r in results):
+        cause = "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
+        return PrefectReads(results, {}, cause)  # the worker read is dropped, whatever it found
+    if isinstance(worker_read, BaseException):
+        raise worker_read  # a rejected credential, as calling read_workers here would have raised
+    return PrefectReads(results, worker_read, None)
+
+
+def _settle(call: Callable[[], T]) -> T | BaseException:
+    try:
+        return call()
+    except Exception as exc:
+        return exc
 
 
 def _queue_results(config: Config, resolved: Mapping[int, ResolvedQueue | PrefectError],
@@ -196,7 +215,7 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
     for service in report.services:
         if service.signal is None:
             continue
-        dims = metrics.service_dimensions(service.config.cluster, service.config.service)
+        dims = metrics.service_dimensions(*service.config.key)
         s = service.signal
         data += [
             Datum(metrics.BACKLOG_PER_TASK, dims, s.backlog_per_task),
@@ -207,9 +226,9 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
         ]
     dims = metrics.publisher_dimensions(publisher)
     data += [
-        Datum(metrics.QUEUES_READ, dims, len(report.queues) - report.queue_errors),
+        Datum(metrics.QUEUES_READ, dims, report.queues_read),
         Datum(metrics.QUEUE_READ_ERRORS, dims, report.queue_errors),
-        Datum(metrics.SERVICE_READ_ERRORS, dims, sum(1 for s in report.services if s.error is not None)),
+        Datum(metrics.SERVICE_READ_ERRORS, dims, report.service_errors),
         Datum(metrics.TICK_DURATION, dims, report.duration_ms),
     ]
     if report.rescheduled:
@@ -217,38 +236,51 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
     return data
 
 
-def run_tick(config: Config, client: PrefectClient, *, ecs: Any, cloudwatch: Any | None, now: datetime) -> TickReport:
-    """Read, compute and (when ``cloudwatch`` is given) publish one sample of every metric."""
+def run_tick(config: Config, client: PrefectClient, *, ecs: EcsClient, cloudwatch: CloudWatchClient | None,
+             now: datetime) -> TickReport:
+    """Read, compute and (when ``cloudwatch`` is given) publish one sample of every metric.
+
+    Everything the sample does at the same time runs on one :class:`Fanout`,
+    bounded at the client's request concurrency.
+    """
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecs") as background:
+    with Fanout(client.max_concurrency) as fanout:
         # ECS task counts do not depend on Prefect: ask for them first so that round trip hides
         # behind the Prefect reads. describe_services reports per-service failures in its result;
-        # anything else it raises surfaces from .result(), after any Prefect error, as before.
-        ecs_read = background.submit(describe_services, ecs, [s.key for s in config.services])
-        queues, pools, whole_failure = read_prefect(config, client, now)
+        # anything else it raises surfaces from .result(), after any Prefect error.
+        ecs_read = fanout.submit(lambda: describe_services(ecs, [s.key for s in config.services]))
+        queues, pools, whole_failure = read_prefect(config, client, now, fanout)
         task_counts = ecs_read.result()
-    for queue in queues:
+        report = TickReport(now=now, queues=queues, services=compute_services(config, queues, task_counts),
+                            pools=pools, whole_failure=whole_failure)
+        _log_unread(report)
+        if config.reschedule_stuck_pending:
+            report.rescheduled = reschedule_stuck_runs(config, client, queues, now)
+        report.prefect_requests = client.requests_sent
+        report.duration_ms = (time.monotonic() - started) * 1000
+        if cloudwatch is not None:
+            report.put_metric_data_calls = put_metric_data(
+                cloudwatch, config.namespace, metric_data(report, config.stack_name), now,
+                storage_resolution=config.storage_resolution, fanout=fanout)
+    return report
+
+
+def _log_unread(report: TickReport) -> None:
+    """One warning per queue, pool or service that was not read, naming it and the cause in the message too
+    (the Lambda's JSON logs also carry them as fields; a terminal shows only the message)."""
+    for queue in report.queues:
         if queue.error:
-            log.warning("queue not read; nothing published for it", extra={"queue": queue.config.label,
-                                                                             "cause": queue.error})
-    for pool, workers in pools.items():
+            cause = queue.error.removeprefix(f"{queue.config.label}: ")
+            log.warning(f"queue {queue.config.label} not read; nothing published for it: {cause}",
+                        extra={"queue": queue.config.label, "cause": queue.error})
+    for pool, workers in report.pools.items():
         if isinstance(workers, PrefectError):
-            log.warning("worker health not read", extra={"work_pool": pool, "cause": str(workers)})
-    report = TickReport(now=now, queues=queues, services=compute_services(config, queues, task_counts),
-                        pools=pools, whole_failure=whole_failure)
-    if config.reschedule_stuck_pending:
-        report.rescheduled = reschedule_stuck_runs(config, client, queues, now)
-    report.prefect_requests = client.requests_sent
+            log.warning(f"worker health of pool {pool!r} not read: {workers}",
+                        extra={"work_pool": pool, "cause": str(workers)})
     for service in report.services:
         if service.error:
-            log.warning("scaling signal not published", extra={"ecs_service": "/".join(service.config.key),
-                                                                "cause": service.error})
-    report.duration_ms = (time.monotonic() - started) * 1000
-    if cloudwatch is not None:
-        report.put_metric_data_calls = put_metric_data(
-            cloudwatch, config.namespace, metric_data(report, config.stack_name), now,
-            storage_resolution=config.storage_resolution)
-    return report
+            log.warning(f"scaling signal of ECS service {service.config.path} not published: {service.error}",
+                        extra={"ecs_service": service.config.path, "cause": service.error})
 
 
 def reschedule_stuck_runs(config: Config, client: PrefectClient, queues: Sequence[QueueResult],
@@ -274,7 +306,8 @@ def reschedule_stuck_runs(config: Config, client: PrefectClient, queues: Sequenc
     return rescheduled
 
 
-def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *, ecs: Any, cloudwatch: Any,
+def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *, ecs: EcsClient,
+                cloudwatch: CloudWatchClient,
                 deadline: float, wall_clock: Callable[[], datetime], clock: Callable[[], float] = time.monotonic,
                 sleep: Callable[[float], None] = time.sleep) -> list[TickReport]:
     """One invocation: a single tick, or in fast mode one every 10 s until the next invocation is due.

@@ -13,7 +13,6 @@ names every problem by field, without a Python traceback.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -27,39 +26,9 @@ from typing import Any
 import pytest
 
 from tests.infra.synth import REPO
+from tests.support.contexts import API, DROP, context, entry
 
 HEADER = "Configuration error (cdk.json context or -c options): invalid configuration:"
-
-BASE: dict[str, Any] = {
-    "prefectApiUrl": "http://prefect.internal:4200/api",
-    "queues": [{"workPool": "etl", "workQueue": "default", "cluster": "prefect", "service": "worker",
-                "maxCapacity": 3}],
-}
-QUEUE: dict[str, Any] = BASE["queues"][0]
-_DROP = object()
-
-
-def context(**top: Any) -> dict[str, Any]:
-    """BASE with top-level keys replaced (``_DROP`` removes one)."""
-    result = copy.deepcopy(BASE)
-    for key, value in top.items():
-        if value is _DROP:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
-
-
-def queue(**fields: Any) -> dict[str, Any]:
-    """The base queue entry with fields replaced (``_DROP`` removes one)."""
-    result = dict(QUEUE)
-    for key, value in fields.items():
-        if value is _DROP:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
-
 
 @dataclass(frozen=True)
 class Case:
@@ -70,39 +39,39 @@ class Case:
 
 HUGE = "1" + "0" * 400  # a whole number no float can hold
 CASES = [
-    Case("missing-api-url", context(prefectApiUrl=_DROP), ("prefectApiUrl: is required",)),
-    Case("missing-max-capacity", context(queues=[queue(maxCapacity=_DROP)]),
+    Case("missing-api-url", context(prefectApiUrl=DROP), ("prefectApiUrl: is required",)),
+    Case("missing-max-capacity", context(queues=[entry(maxCapacity=DROP)]),
          ("queues[0].maxCapacity: is required (at least one entry for ECS service prefect/worker",)),
-    Case("misspelled-queue-key", context(queues=[queue(service=_DROP, servcie="worker")]),
+    Case("misspelled-queue-key", context(queues=[entry(service=DROP, servcie="worker")]),
          ("queues[0].servcie: unknown key (did you mean 'service'?)", "queues[0].service: is required")),
-    Case("misspelled-top-level-key", context(prefectApiUrl=_DROP, prefectApiURL=BASE["prefectApiUrl"]),
+    Case("misspelled-top-level-key", context(prefectApiUrl=DROP, prefectApiURL=API),
          ("prefectApiURL: unknown key (did you mean 'prefectApiUrl'?)", "prefectApiUrl: is required")),
-    Case("extra-queue-key", context(queues=[queue(priority=1)]), ("queues[0].priority: unknown key (known keys:",)),
-    Case("max-capacity-a-word", context(queues=[queue(maxCapacity="three")]),
-         ('queues[0].maxCapacity: must be a whole number, got "three"', "queues[0].maxCapacity: is required")),
+    Case("extra-queue-key", context(queues=[entry(priority=1)]), ("queues[0].priority: unknown key (known keys:",)),
+    Case("max-capacity-a-word", context(queues=[entry(maxCapacity="three")]),
+         ('queues[0].maxCapacity: must be a whole number, got "three"',)),  # once: not also "is required"
     Case("queues-an-object", context(queues={"workQueue": "default"}),
          ("queues: must be a list of queue entries, got dict",)),
-    Case("target-backlog-zero", context(queues=[queue(targetBacklogPerTask=0)]),
+    Case("target-backlog-zero", context(queues=[entry(targetBacklogPerTask=0)]),
          ("queues[0].targetBacklogPerTask: must be a number greater than 0, got 0",)),
-    Case("max-below-min", context(queues=[queue(minCapacity=3, maxCapacity=1)]),
+    Case("max-below-min", context(queues=[entry(minCapacity=3, maxCapacity=1)]),
          ("queues[0].maxCapacity: must be at least minCapacity (3), got 1",
           "queues[0].maxCapacity: ECS service prefect/worker: maxCapacity 1 is below minCapacity 3")),
-    Case("url-without-scheme", context(prefectApiUrl="prefect.internal:4200/api"),
+    Case("url-without-scheme", context(prefectApiUrl="prefect.example.com/api"),
          ("prefectApiUrl: must be an http(s) URL",)),
-    Case("duplicate-queues", context(queues=[QUEUE, queue(maxCapacity=_DROP)]),
-         ("queues[1]: duplicates queues[0] (etl/default)",)),
-    Case("conflicting-capacities-for-one-service", context(queues=[QUEUE, queue(workQueue="gpu", maxCapacity=5)]),
+    Case("duplicate-queues", context(queues=[entry(), entry(maxCapacity=DROP)]),
+         ("queues[1]: duplicates queues[0] (pool-a/default)",)),
+    Case("conflicting-capacities-for-one-service", context(queues=[entry(), entry(workQueue="gpu", maxCapacity=5)]),
          ("queues[0].maxCapacity: entries for ECS service prefect/worker disagree (queues[0] says 3, "
           "queues[1] says 5)",)),
     Case("queues-string-not-json", context(queues="[{workQueue: default}]"),
          ("queues: is a string that is not valid JSON (Expecting property name enclosed in double quotes",)),
     Case("queues-string-with-wrong-types",
-         context(queues=json.dumps([queue(maxCapacity=-2, targetBacklogPerTask="x")])),
+         context(queues=json.dumps([entry(maxCapacity=-2, targetBacklogPerTask="x")])),
          ("queues[0].maxCapacity: must be at least 1, got -2",
-          'queues[0].targetBacklogPerTask: must be a number, got "x"', "queues[0].maxCapacity: is required")),
+          'queues[0].targetBacklogPerTask: must be a number, got "x"')),
     # Every problem is listed in one message, not one per synth (and one app start covers many fields).
     Case("many-problems-at-once",
-         context(queues=[queue(runsInWorkerTask="yes", cluster="arn:aws:ecs:us-east-1:123456789012:cluster/p"),
+         context(queues=[entry(runsInWorkerTask="yes", cluster="arn:aws:ecs:us-east-1:123456789012:cluster/p"),
                          "default"],
                  prefectAuth={"secret": "prefect/auth", "scheme": "token", "region": "eu-west-1"},
                  network={"subnetIds": ["subnet-xyz"], "securityGroupIds": []},
@@ -120,7 +89,7 @@ CASES = [
           "stackName: must be a CloudFormation stack name",
           "schedule: must be rate(1 minute) (or left out) with fastMode")),
     Case("huge-number-in-queues-string",
-         context(queues=json.dumps([queue(targetBacklogPerTask=0)]).replace('"targetBacklogPerTask": 0',
+         context(queues=json.dumps([entry(targetBacklogPerTask=0)]).replace('"targetBacklogPerTask": 0',
                                                                            f'"targetBacklogPerTask": {HUGE}')),
          ("queues[0].targetBacklogPerTask: must be",)),
     Case("deeply-nested-queues-string", context(queues="[" * 5000 + "]" * 5000),
@@ -128,11 +97,11 @@ CASES = [
     # Valid entries, too many for one stack: 100 queues need 590 dashboard widgets (CloudWatch allows 500),
     # 150 queues also 611 CloudFormation resources (500 per stack); each problem says how to split.
     Case("too-many-queues-for-one-dashboard",
-         context(queues=[queue(workQueue=f"q{i}", service=f"worker-{i % 20}") for i in range(100)]),
+         context(queues=[entry(workQueue=f"q{i}", service=f"worker-{i % 20}") for i in range(100)]),
          ('queues: 100 queues on 20 ECS services need 590 dashboard widgets, more than the 500 a CloudWatch '
           'dashboard may hold: set monitoringDetail to "pool"',)),
     Case("too-many-queues-for-one-stack",
-         context(queues=[queue(workQueue=f"q{i}", service=f"worker-{i % 30}") for i in range(150)]),
+         context(queues=[entry(workQueue=f"q{i}", service=f"worker-{i % 30}") for i in range(150)]),
          ("queues: 150 queues on 30 ECS services need 611 CloudFormation resources (512 of them alarms), more than "
           "the 500 one stack may hold",
           "queues: 150 queues on 30 ECS services need 882 dashboard widgets")),

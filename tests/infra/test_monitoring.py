@@ -15,15 +15,11 @@ import pytest
 from aws_cdk import aws_sns as sns
 from aws_cdk.assertions import Match, Template
 
-from infra.monitoring import (
-    MAX_DESCRIPTION,
-    _construct_id,
-    _insights_string,
-    _search_string,
-    publisher_window,
-    schedule_interval_seconds,
-)
+from infra.ids import construct_id
+from infra.metric_queries import insights_string, search_string
+from infra.monitoring.alarms import MAX_DESCRIPTION, publisher_window
 from prefect_backlog import metrics
+from prefect_backlog.config import schedule_interval_seconds
 from tests.infra.synth import REPO, cfn_lint_errors, nag_checked_app, synth
 
 # One queue in a known pool, defaults everywhere: no email, 600 s Late threshold, a 1-minute publisher.
@@ -388,14 +384,14 @@ def test_publisher_window_stays_within_cloudwatch_limits(schedule: str, window: 
 
 
 def test_construct_ids_follow_the_names_and_never_collide() -> None:
-    assert _construct_id("Queue", "a-b", "c") != _construct_id("Queue", "a", "b-c")
-    assert _construct_id("Queue", None, "gpu") != _construct_id("Queue", "any-pool", "gpu")
-    assert _construct_id("Queue", "pool-a", "default").startswith("Queue-pool-a-default-")
+    assert construct_id("Queue", "a-b", "c") != construct_id("Queue", "a", "b-c")
+    assert construct_id("Queue", None, "gpu") != construct_id("Queue", "any-pool", "gpu")
+    assert construct_id("Queue", "pool-a", "default").startswith("Queue-pool-a-default-")
 
 
 def test_queue_names_are_quoted_for_search_and_metrics_insights() -> None:
-    assert _search_string("it's \"x\"") == '"it\\\'s \\"x\\""'
-    assert _insights_string("it's") == "'it\\'s'"
+    assert search_string("it's \"x\"") == '"it\\\'s \\"x\\""'
+    assert insights_string("it's") == "'it\\'s'"
 
 
 # --- monitoringDetail "pool": a fleet too big for per-queue alarms and rows --------------------------

@@ -212,3 +212,20 @@ def test_the_largest_fleet_that_fits_one_stack_synthesizes_and_lints_clean() -> 
     )["Properties"]["DashboardBody"]["Fn::Join"][1]))
     assert len(dashboard["widgets"]) == stack.monitoring.widget_count <= 500
     assert cfn_lint_errors(body) == []
+
+
+def test_services_whose_names_differ_only_in_punctuation_each_get_their_scaling() -> None:
+    """``ecs_worker``/``ecs-worker`` and cluster ``a-b`` service ``c`` / cluster ``a`` service ``b-c`` read the
+    same once punctuation is folded; each still gets its own target, policies and alarm."""
+    names = [("prefect", "ecs_worker"), ("prefect", "ecs-worker"), ("a-b", "c"), ("a", "b-c")]
+    _, template = synth({"prefectApiUrl": "http://prefect.internal:4200/api", "queues": [
+        {"workPool": "pool", "workQueue": f"q{i}", "cluster": cluster, "service": service, "maxCapacity": 2}
+        for i, (cluster, service) in enumerate(names)]})
+    targets = template.find_resources("AWS::ApplicationAutoScaling::ScalableTarget")
+    assert sorted(t["Properties"]["ResourceId"] for t in targets.values()) == sorted(
+        f"service/{cluster}/{service}" for cluster, service in names)
+    template.resource_count_is("AWS::ApplicationAutoScaling::ScalingPolicy", 2 * len(names))
+    at_max = [a for a in template.find_resources("AWS::CloudWatch::Alarm").values()
+              if "at max capacity" in a["Properties"].get("AlarmName", "")]
+    assert len(at_max) == len(names)
+    assert cfn_lint_errors(template.to_json()) == []

@@ -31,7 +31,8 @@ from fault_proxy import Delay, Drop, FaultProxy, Hang, Respond, Rule, for_queues
 from prefect_server import PrefectServer, free_port
 
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_client import MAX_ATTEMPTS, READ_TIMEOUT_SECONDS, PrefectClient
+from prefect_backlog.prefect_api import PrefectClient
+from prefect_backlog.prefect_api.transport import MAX_ATTEMPTS, READ_TIMEOUT_SECONDS
 from prefect_backlog.tick import TickReport, run_tick
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def test_pool_less_queue_name_in_several_pools(fleet: Fleet, services: MotoAws, 
     services.service(CLUSTER, "svc-ambiguous", 0)
     outcome = run(fleet.config(fleet.server.api_url, extra), services)
     (label, cause), = publisher_log.causes().items()
-    assert "(gpu)" in label and "exists in several pools" in cause
+    assert label.endswith(" gpu (any pool)") and "exists in several pools" in cause
     assert fleet.pool(0) in cause and fleet.pool(3) in cause
     check(outcome, services, fleet, publisher_log, failed=set(), cause="exists in several pools", extra_failed=1)
     assert services.metrics_with(ClusterName=CLUSTER, ServiceName="svc-ambiguous") == []

@@ -28,7 +28,7 @@ from prefect_server import PrefectServer
 
 from prefect_backlog import handler
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_client import PAGE_SIZE, DepthMemory, PrefectClient
+from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory, PrefectClient
 from prefect_backlog.tick import TickReport, run_tick
 
 if TYPE_CHECKING:
@@ -47,15 +47,18 @@ def _suffix() -> str:
 
 
 class RecordingClient(PrefectClient):
-    """The publisher's client, noting every request (to tell which read path it took)."""
+    """The publisher's client, noting every request it sends (to tell which read path it took)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls: list[tuple[str, str, Any]] = []
+        send = self.http.request
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        self.calls.append((method, path, body))
-        return super().request(method, path, body)
+        def recording(method: str, path: str, body: Any = None) -> Any:
+            self.calls.append((method, path, body))
+            return send(method, path, body)
+
+        self.http.request = recording  # type: ignore[method-assign]
 
 
 def tick(config: Config, aws: MotoAws, client: PrefectClient | None = None, seconds: float = 40) -> TickReport:

@@ -7,18 +7,8 @@ from typing import Any
 
 import pytest
 
-from prefect_backlog.config import ConfigError, parse_config
-
-API = "https://prefect.example.com/api"
-
-
-def entry(**overrides: Any) -> dict[str, Any]:
-    return {"workPool": "pool-a", "workQueue": "default", "cluster": "c1", "service": "worker",
-            "maxCapacity": 3, **overrides}
-
-
-def context(*entries: dict[str, Any], **top: Any) -> dict[str, Any]:
-    return {"prefectApiUrl": API, "queues": list(entries) or [entry()], **top}
+from prefect_backlog.config import DEFAULT_OLDEST_LATE_ALARM_SECONDS, ConfigError, parse_config
+from tests.support.contexts import API, context, entry
 
 
 def problems_of(ctx: dict[str, Any]) -> list[str]:
@@ -34,7 +24,7 @@ def test_minimal_config_gets_documented_defaults() -> None:
     assert config.schedule == "rate(1 minute)"
     (service,) = config.services
     assert (service.min_capacity, service.max_capacity, service.target_backlog_per_task) == (0, 3, 1.0)
-    assert service.resource_id == "service/c1/worker"
+    assert service.resource_id == "service/prefect/worker"
     assert config.queues[0].runs_in_worker_task is False
 
 
@@ -53,7 +43,7 @@ def test_command_line_strings_for_numbers_and_booleans() -> None:
 def test_queues_on_one_service_are_grouped_and_inherit_its_settings() -> None:
     config = parse_config(context(entry(targetBacklogPerTask=5), entry(workQueue="gpu", maxCapacity=None),
                                   entry(workPool="pool-b", service="other", maxCapacity=2)))
-    assert [s.key for s in config.services] == [("c1", "worker"), ("c1", "other")]
+    assert [s.key for s in config.services] == [("prefect", "worker"), ("prefect", "other")]
     assert config.services[0].queue_indexes == (0, 1)
     assert config.services[0].target_backlog_per_task == 5.0
     assert config.service_for(config.queues[1]).max_capacity == 3
@@ -128,3 +118,140 @@ def test_all_problems_are_reported_together_in_one_message() -> None:
 
 def test_not_an_object_at_all() -> None:
     assert problems_of(["a"]) == ["configuration: must be an object, got list"]  # type: ignore[arg-type]
+
+
+# --- the monitoring settings: alarm thresholds, alarmEmail and monitoringDetail -------------------------
+
+
+def top(**settings: Any) -> dict[str, Any]:
+    """One default queue entry and these top-level settings."""
+    return context(entry(), **settings)
+
+
+def test_defaults_alarm_after_ten_minutes_and_notify_nobody() -> None:
+    config = parse_config(top())
+    assert config.oldest_late_alarm_seconds == DEFAULT_OLDEST_LATE_ALARM_SECONDS == 600
+    assert config.alarm_email is None
+
+
+def test_given_values_are_kept() -> None:
+    config = parse_config(top(oldestLateAlarmSeconds=1800, alarmEmail="ops@example.com"))
+    assert (config.oldest_late_alarm_seconds, config.alarm_email) == (1800, "ops@example.com")
+
+
+def test_command_line_string_for_the_threshold() -> None:  # `cdk -c oldestLateAlarmSeconds=900`
+    assert parse_config(top(oldestLateAlarmSeconds="900")).oldest_late_alarm_seconds == 900
+
+
+def test_null_means_the_default() -> None:
+    config = parse_config(top(oldestLateAlarmSeconds=None, alarmEmail=None))
+    assert (config.oldest_late_alarm_seconds, config.alarm_email) == (600, None)
+
+
+@pytest.mark.parametrize("extra", [{}, {"alarmEmail": "ops@example.com", "oldestLateAlarmSeconds": 120}])
+def test_canonical_form_spells_out_the_alarm_defaults(extra: dict[str, Any]) -> None:
+    config = parse_config(top(**extra))
+    canonical = config.to_context()
+    assert canonical["oldestLateAlarmSeconds"] == config.oldest_late_alarm_seconds  # the default is spelled out
+    assert ("alarmEmail" in canonical) == ("alarmEmail" in extra)
+    assert parse_config(canonical) == config
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (top(oldestLateAlarmSeconds=59), "oldestLateAlarmSeconds: must be at least 60, got 59"),
+    (top(oldestLateAlarmSeconds=0), "oldestLateAlarmSeconds: must be at least 60"),
+    (top(oldestLateAlarmSeconds=600.5), "oldestLateAlarmSeconds: must be a whole number"),
+    (top(oldestLateAlarmSeconds="ten minutes"), "oldestLateAlarmSeconds: must be a whole number"),
+    (top(oldestLateAlarmSeconds=True), "oldestLateAlarmSeconds: must be a whole number"),
+    (top(alarmEmail="ops"), "alarmEmail: must be one email address"),
+    (top(alarmEmail="ops@example.com, dev@example.com"), "alarmEmail: must be one email address"),
+    (top(alarmEmail=["ops@example.com"]), "alarmEmail: must be a string"),
+    (top(alarmEmail=""), "alarmEmail: must not be empty"),
+    (top(alarmEmail=" ops@example.com"), "alarmEmail: must not start or end with white space"),
+    (top(alarmEmial="ops@example.com"), "alarmEmial: unknown key (did you mean 'alarmEmail'?)"),
+    (top(oldestLateAlarmSecs=600), "oldestLateAlarmSecs: unknown key (did you mean 'oldestLateAlarmSeconds'?)"),
+])
+def test_bad_monitoring_settings_name_the_field(ctx: dict[str, Any], expected: str) -> None:
+    problems = problems_of(ctx)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_operator_thresholds_for_workers_and_stuck_runs() -> None:
+    defaults = parse_config(top())
+    assert (defaults.unpolled_alarm_seconds, defaults.stuck_pending_seconds) == (300, 900)
+    assert (defaults.reschedule_stuck_pending, defaults.max_reschedules_per_run) == (False, 10)
+    given = parse_config(top(unpolledAlarmSeconds=120, stuckPendingSeconds="600", rescheduleStuckPending="true",
+                             maxReschedulesPerRun=3))
+    assert (given.unpolled_alarm_seconds, given.stuck_pending_seconds) == (120, 600)
+    assert (given.reschedule_stuck_pending, given.max_reschedules_per_run) == (True, 3)
+    assert parse_config(given.to_context()) == given
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (top(unpolledAlarmSeconds=30), "unpolledAlarmSeconds: must be at least 60"),
+    (top(stuckPendingSeconds="soon"), "stuckPendingSeconds: must be a whole number"),
+    (top(rescheduleStuckPending=1), "rescheduleStuckPending: must be true or false"),
+    (top(maxReschedulesPerRun=0), "maxReschedulesPerRun: must be at least 1"),
+    (top(unpoledAlarmSeconds=300), "unpoledAlarmSeconds: unknown key (did you mean 'unpolledAlarmSeconds'?)"),
+])
+def test_bad_operator_thresholds_name_the_field(ctx: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)
+
+
+def test_monitoring_detail_is_per_queue_unless_pool_is_asked_for() -> None:
+    assert parse_config(top()).monitoring_detail == "queue"
+    pooled = parse_config(top(monitoringDetail="pool"))
+    assert (pooled.monitoring_detail, pooled.work_pools) == ("pool", ("pool-a",))
+    assert parse_config(pooled.to_context()) == pooled
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (top(monitoringDetail="pools"), "monitoringDetail: must be one of queue, pool"),
+    (top(monitoringDetail=True), "monitoringDetail: must be one of queue, pool"),
+    ({"prefectApiUrl": API, "monitoringDetail": "pool", "queues": [entry(), {**entry(), "workPool": None,
+                                                                             "workQueue": "etl"}]},
+     'queues[1].workPool: is required with monitoringDetail "pool"'),
+])
+def test_bad_monitoring_detail_names_the_field(ctx: dict[str, Any], expected: str) -> None:
+    problems = problems_of(ctx)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+# --- what the CDK CLI delivers: every -c value is a string ------------------------------------------
+
+
+def test_object_settings_accept_the_json_string_that_dash_c_delivers() -> None:
+    auth = {"secret": "prefect/server-auth", "scheme": "basic"}
+    network = {"subnetIds": ["subnet-0a1b2c3d"], "securityGroupIds": ["sg-0123abcd"]}
+    as_objects = parse_config(context(prefectAuth=auth, network=network))
+    as_strings = parse_config(context(prefectAuth=json.dumps(auth), network=json.dumps(network)))
+    assert as_strings == as_objects and as_strings.auth is not None and as_strings.auth.scheme == "basic"
+
+
+def test_scalars_accept_the_strings_that_dash_c_delivers() -> None:
+    config = parse_config(context(fastMode="true", logRetentionDays="14", rescheduleStuckPending="false"))
+    assert (config.fast_mode, config.log_retention_days, config.reschedule_stuck_pending) == (True, 14, False)
+    assert parse_config(context(entry(targetBacklogPerTask="2.5"))).services[0].target_backlog_per_task == 2.5
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (context(prefectAuth='{"secret": "prefect/auth", scheme: basic}'),
+     "prefectAuth: is a string that is not valid JSON (Expecting property name enclosed in double quotes"),
+    (context(network='{"subnetIds": ["subnet-0a1b2c3d"]'), "network: is a string that is not valid JSON"),
+    (context(prefectAuth='["prefect/auth"]'), "prefectAuth: must be an object, got list"),
+    (context(prefectAuth='{"secret": "prefect/auth", "scheme": "digest"}'),
+     'prefectAuth.scheme: must be one of bearer, basic, got "digest"'),
+    (context(network='{"subnetIds": "subnet-0a1b2c3d", "securityGroupIds": ["sg-0123abcd"]}'),
+     "network.subnetIds: must be a non-empty list of ids like subnet-0123abcd"),
+    (context(fastMode="yes"), 'fastMode: must be true or false, got "yes"'),
+    (context(logRetentionDays="two weeks"), 'logRetentionDays: must be a whole number, got "two weeks"'),
+])
+def test_a_bad_dash_c_string_names_the_field(ctx: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)
+
+
+def test_pool_and_queue_names_keep_the_spaces_prefect_accepts() -> None:
+    config = parse_config(context(entry(workPool=" spaced pool ", workQueue="queue ")))
+    (queue,) = config.queues
+    assert (queue.work_pool, queue.work_queue, queue.path) == (" spaced pool ", "queue ", " spaced pool /queue ")
+    assert parse_config(config.to_context()) == config

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import responses
 
 from prefect_backlog import dry_run
-from tests.fake_prefect import API, NOW, FakePrefect, failing
+from tests.support.fake_prefect import API, NOW, FakePrefect, failing
 
 QUEUES = [{"workPool": "pool-a", "workQueue": "default", "cluster": "c", "service": "worker", "maxCapacity": 3},
           {"workPool": "pool-a", "workQueue": "gpu", "cluster": "c", "service": "worker"}]
 
 
-@pytest.fixture
-def prefect() -> Iterator[FakePrefect]:
-    fake = FakePrefect()
-    fake.pool("pool-a")
-    fake.queue("pool-a", "gpu")
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake.install(mock)
-        yield fake
+@pytest.fixture(autouse=True)
+def gpu_queue(prefect: FakePrefect) -> None:
+    prefect.queue("pool-a", "gpu")
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +73,42 @@ def test_bad_config_and_missing_credentials_exit_2(context_file: Path, capsys: p
     monkeypatch.delenv("PREFECT_API_KEY", raising=False)
     assert dry_run.main(["--context", str(context_file)]) == 2
     assert "set PREFECT_API_KEY" in capsys.readouterr().err
+
+
+def test_what_was_not_read_goes_to_stderr_naming_the_queue_and_stdout_stays_json(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    queues = json.dumps([*QUEUES, {"workPool": "pool-a", "workQueue": "typo", "cluster": "c", "service": "other",
+                                   "maxCapacity": 1}])
+    assert dry_run.main(["--context", str(context_file), "--queues", queues, "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # nothing but the JSON on stdout
+    assert "WARNING: queue queues[2] pool-a/typo not read; nothing published for it: no work queue 'typo'" in (
+        captured.err)
+    assert "WARNING: scaling signal of ECS service c/other not published" in captured.err
+
+
+def test_ecs_without_a_region_or_credentials_says_what_is_missing(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                     "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert dry_run.main(["--context", str(context_file), "--ecs"]) == 2
+    assert "--ecs needs an AWS region" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert dry_run.main(["--context", str(context_file), "--ecs"]) == 2
+    assert "--ecs needs AWS credentials" in capsys.readouterr().err
+    assert prefect.calls == []  # stopped before asking anything
+
+
+def test_ecs_that_cannot_be_read_exits_1(prefect: FakePrefect, context_file: Path, aws: dict[str, Any],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    aws["ecs"].delete_service(cluster="prefect", service="ecs-worker", force=True)  # c/worker never existed
+    assert dry_run.main(["--context", str(context_file), "--ecs"]) == 1
+    captured = capsys.readouterr()
+    assert "NOT PUBLISHED: DescribeServices c/worker" in captured.out
+    assert "no scaling signal was computed" in captured.err

@@ -179,3 +179,18 @@ def failing(status: int, headers: dict[str, str] | None = None, body: str = '{"d
             return None
         return status, {"Content-Type": "application/json", **(headers or {})}, body
     return fault
+
+
+# The configuration the unit tick and handler tests publish with (a module adds pool-b's gpu queue):
+# two pools' default queues on one ECS service, and a Process-worker queue on another.
+PUBLISHER_CONTEXT: dict[str, Any] = {
+    "prefectApiUrl": API,
+    "stackName": "TestPublisher",
+    "queues": [
+        {"workPool": "pool-a", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker",
+         "maxCapacity": 5, "targetBacklogPerTask": 2},
+        {"workPool": "pool-b", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker"},
+        {"workPool": "pool-b", "workQueue": "gpu", "cluster": "prefect", "service": "process-worker",
+         "maxCapacity": 4, "runsInWorkerTask": True},
+    ],
+}

@@ -1,83 +1,22 @@
-"""The Prefect client against `responses`: resolution, paging vs counting, retries and failures."""
+"""The run reader against the fake API: paging vs counting, deep backlogs, the depth memory, failures per pool."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
-import responses
 
 from prefect_backlog.backlog import QueueCounts
-from prefect_backlog.config import QueueConfig
-from prefect_backlog.prefect_client import (
-    PAGE_SIZE,
-    DepthMemory,
-    PrefectAuthError,
-    PrefectClient,
-    PrefectError,
-    QueueNotFound,
-    ResolvedQueue,
-    authorization_header,
-)
-from tests.fake_prefect import API, NOW, FakePrefect, failing
+from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory, PrefectError
+from tests.support.clients import client, queue, resolved
+from tests.support.fake_prefect import NOW, FakePrefect
 
 
-def queue(index: int, name: str, pool: str | None) -> QueueConfig:
-    return QueueConfig(index=index, work_queue=name, work_pool=pool, cluster="c", service="s",
-                       runs_in_worker_task=False)
-
-
-@pytest.fixture
-def prefect() -> Iterator[FakePrefect]:
-    fake = FakePrefect()
-    fake.pool("pool-a")
-    fake.pool("pool-b")
-    fake.queue("pool-a", "gpu")
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake.install(mock)
-        yield fake
-
-
-def client(**kwargs: Any) -> PrefectClient:
-    sleeps: list[float] = []
-    made = PrefectClient(API, deadline=time.monotonic() + 30, sleep=sleeps.append, **kwargs)
-    made.sleeps = sleeps  # type: ignore[attr-defined]
-    return made
-
-
-def resolved(c: PrefectClient, *queues: QueueConfig) -> list[ResolvedQueue]:
-    found = c.resolve_queues(queues)
-    assert all(isinstance(r, ResolvedQueue) for r in found.values()), found
-    return [r for r in found.values() if isinstance(r, ResolvedQueue)]
-
-
-def test_resolves_queues_sharing_a_name_across_pools_in_two_requests(prefect: FakePrefect) -> None:
-    c = client()
-    found = c.resolve_queues([queue(0, "default", "pool-a"), queue(1, "default", "pool-b"), queue(2, "gpu", None)])
-    assert {i: (r.pool, r.name) for i, r in found.items() if isinstance(r, ResolvedQueue)} == {
-        0: ("pool-a", "default"), 1: ("pool-b", "default"), 2: ("pool-a", "gpu")}
-    assert c.requests_sent == 2
-
-
-def test_unknown_and_ambiguous_queues_are_errors_for_that_entry_only(prefect: FakePrefect) -> None:
-    found = client().resolve_queues([queue(0, "nope", "pool-a"), queue(1, "default", None), queue(2, "gpu", "pool-a")])
-    assert isinstance(found[0], QueueNotFound) and "no work queue 'nope' in pool 'pool-a'" in str(found[0])
-    assert isinstance(found[1], PrefectError) and "several pools (pool-a, pool-b)" in str(found[1])
-    assert isinstance(found[2], ResolvedQueue)
-
-
-def test_paused_pool_or_queue_is_reported(prefect: FakePrefect) -> None:
-    prefect.pools["pool-b"]["is_paused"] = True
-    prefect.queues[0]["is_paused"] = True  # pool-a/default
-    a, b, gpu = resolved(client(), queue(0, "default", "pool-a"), queue(1, "default", "pool-b"),
-                         queue(2, "gpu", "pool-a"))
-    assert (a.queue_paused, a.pool_paused, a.paused) == (True, False, True)
-    assert (b.queue_paused, b.pool_paused, b.paused) == (False, True, True)
-    assert gpu.paused is False
+@pytest.fixture(autouse=True)
+def gpu_queue(prefect: FakePrefect) -> None:
+    prefect.queue("pool-a", "gpu")
 
 
 def test_counts_from_one_page_per_pool_and_stream(prefect: FakePrefect) -> None:
@@ -188,72 +127,6 @@ def minutes_late(counts: QueueCounts) -> float:
     return (NOW - counts.oldest_late_at).total_seconds() / 60
 
 
-def test_retries_5xx_then_succeeds(prefect: FakePrefect) -> None:
-    prefect.faults["/work_queues/filter"] = failing(503, times=2)
-    c = client()
-    resolved(c, queue(0, "default", "pool-a"))
-    assert prefect.requests_to("/work_queues/filter") == 3
-    assert len(c.sleeps) == 2  # type: ignore[attr-defined]
-
-
-def test_honours_retry_after_on_429(prefect: FakePrefect) -> None:
-    prefect.faults["/work_queues/filter"] = failing(429, {"Retry-After": "3"}, times=1)
-    c = client()
-    resolved(c, queue(0, "default", "pool-a"))
-    assert c.sleeps == [3.0]  # type: ignore[attr-defined]
-
-
-def test_gives_up_when_retry_after_exceeds_the_deadline(prefect: FakePrefect) -> None:
-    prefect.faults["/work_queues/filter"] = failing(429, {"Retry-After": "120"})
-    with pytest.raises(PrefectError, match=r"HTTP 429, and no time is left to retry after 120\.0s"):
-        client().resolve_queues([queue(0, "default", "pool-a")])
-
-
-def test_persistent_500_gives_up_after_bounded_attempts(prefect: FakePrefect) -> None:
-    prefect.faults["/work_queues/filter"] = failing(500)
-    c = client()
-    with pytest.raises(PrefectError, match="HTTP 500, gave up after 4 attempts"):
-        c.resolve_queues([queue(0, "default", "pool-a")])
-    assert c.requests_sent == 4
-
-
-def test_rejected_credentials_are_not_retried(prefect: FakePrefect) -> None:
-    prefect.faults["/work_queues/filter"] = failing(401)
-    c = client()
-    with pytest.raises(PrefectAuthError, match="rejected the credentials"):
-        c.resolve_queues([queue(0, "default", "pool-a")])
-    assert c.requests_sent == 1
-
-
-def test_html_instead_of_json_is_a_clear_error(prefect: FakePrefect) -> None:
-    prefect.faults["/work_queues/filter"] = lambda _: (200, {"Content-Type": "text/html"}, "<html>login</html>")
-    with pytest.raises(PrefectError, match="body that is not JSON \\(text/html\\)"):
-        client().resolve_queues([queue(0, "default", "pool-a")])
-
-
-def test_timeouts_are_retried_and_bounded() -> None:
-    with responses.RequestsMock() as mock:
-        mock.add(responses.POST, f"{API}/work_queues/filter", body=requests.ReadTimeout("slow"))
-        c = client()
-        with pytest.raises(PrefectError, match="timed out, gave up after 4 attempts"):
-            c.resolve_queues([queue(0, "default", "pool-a")])
-        assert c.requests_sent == 4
-
-
-def test_connection_errors_are_retried() -> None:
-    with responses.RequestsMock() as mock:
-        mock.add(responses.POST, f"{API}/work_queues/filter", body=requests.ConnectionError("refused"))
-        with pytest.raises(PrefectError, match="connection failed"):
-            client().resolve_queues([queue(0, "default", "pool-a")])
-
-
-def test_an_expired_deadline_sends_nothing() -> None:
-    c = PrefectClient(API, deadline=time.monotonic() - 1)
-    with pytest.raises(PrefectError, match="out of time"):
-        c.resolve_queues([queue(0, "default", "pool-a")])
-    assert c.requests_sent == 0
-
-
 def test_one_failing_pool_does_not_stop_the_others(prefect: FakePrefect) -> None:
     c = client()
     a, b = resolved(c, queue(0, "default", "pool-a"), queue(1, "default", "pool-b"))
@@ -262,16 +135,6 @@ def test_one_failing_pool_does_not_stop_the_others(prefect: FakePrefect) -> None
     counts = c.read_counts([a, b], NOW, 900)
     assert isinstance(counts[a.id], PrefectError) and "pool 'pool-a'" in str(counts[a.id])
     assert counts[b.id] == QueueCounts()
-
-
-def test_authorization_headers_and_no_secret_in_errors(prefect: FakePrefect) -> None:
-    assert authorization_header("bearer", "pnu_key") == "Bearer pnu_key"
-    assert authorization_header("basic", "admin:pass") == "Basic YWRtaW46cGFzcw=="
-    prefect.faults["/work_queues/filter"] = failing(401)
-    with pytest.raises(PrefectAuthError) as caught:
-        PrefectClient(API, authorization="Bearer pnu_key", sleep=lambda _: None).resolve_queues(
-            [queue(0, "default", "pool-a")])
-    assert "pnu_key" not in str(caught.value)
 
 
 def test_requests_in_flight_are_bounded_however_reads_nest(prefect: FakePrefect) -> None:

@@ -1,77 +1,28 @@
-"""A whole tick and the Lambda handler, with `responses` for Prefect and moto for CloudWatch, ECS and
-Secrets Manager (AWS has no local twin; moto stands in for it in process)."""
+"""One tick, read to publish, against the fake Prefect API and moto: values, failures, concurrency, samples."""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-import responses
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
-from prefect_backlog import handler
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.metrics import LATE_FLOW_RUNS
-from prefect_backlog.prefect_client import PAGE_SIZE, DepthMemory, PrefectAuthError, PrefectClient
-from prefect_backlog.publishing import MAX_DATA_PER_PUT, MAX_PUTS_IN_FLIGHT, Datum, put_metric_data
+from prefect_backlog.prefect_api import PrefectAuthError, PrefectClient
 from prefect_backlog.tick import run_samples, run_tick
-from tests.fake_prefect import API, NOW, FakePrefect, failing
+from tests.support.fake_prefect import API, NOW, PUBLISHER_CONTEXT, FakePrefect, failing
+from tests.support.moto_aws import published
 
-CONTEXT: dict[str, Any] = {
-    "prefectApiUrl": API,
-    "stackName": "TestPublisher",
-    "queues": [
-        {"workPool": "pool-a", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker",
-         "maxCapacity": 5, "targetBacklogPerTask": 2},
-        {"workPool": "pool-b", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker"},
-        {"workPool": "pool-b", "workQueue": "gpu", "cluster": "prefect", "service": "process-worker",
-         "maxCapacity": 4, "runsInWorkerTask": True},
-    ],
-}
+CONTEXT = PUBLISHER_CONTEXT
 
 
-@pytest.fixture
-def prefect(aws: dict[str, Any]) -> Iterator[FakePrefect]:  # moto first: ours must sit on top of its mock
-    fake = FakePrefect()
-    fake.pool("pool-a")
-    fake.pool("pool-b")
-    fake.queue("pool-b", "gpu")
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        fake.install(mock)
-        mock.add_passthru("http://localhost")  # nothing else may leave the process
-        yield fake
-
-
-@pytest.fixture
-def aws() -> Iterator[dict[str, Any]]:
-    with mock_aws():
-        ecs = boto3.client("ecs")
-        ecs.create_cluster(clusterName="prefect")
-        ecs.register_task_definition(family="w", containerDefinitions=[{"name": "w", "image": "x", "memory": 128}])
-        for name, tasks in [("ecs-worker", 1), ("process-worker", 0)]:
-            ecs.create_service(cluster="prefect", serviceName=name, taskDefinition="w", desiredCount=0)
-            ecs.update_service(cluster="prefect", service=name, desiredCount=tasks)  # moto: running = desired
-        yield {"ecs": ecs, "cloudwatch": boto3.client("cloudwatch"), "secrets": boto3.client("secretsmanager")}
-
-
-def published(cloudwatch: Any, metric: str, **dimensions: str) -> float | None:
-    """The value CloudWatch (moto) holds for one metric, or None when nothing was published."""
-    stats = cloudwatch.get_metric_statistics(
-        Namespace="Prefect", MetricName=metric, Statistics=["Maximum"], Period=60,
-        StartTime=NOW - timedelta(minutes=5), EndTime=NOW + timedelta(minutes=5),
-        Dimensions=[{"Name": k, "Value": v} for k, v in dimensions.items()])
-    points = stats["Datapoints"]
-    return points[0]["Maximum"] if points else None
+@pytest.fixture(autouse=True)
+def gpu_queue(prefect: FakePrefect) -> None:
+    prefect.queue("pool-b", "gpu")
 
 
 def tick(config: Config, aws: dict[str, Any]) -> Any:
@@ -151,70 +102,6 @@ def test_missing_ecs_service_withholds_only_its_signal(prefect: FakePrefect, aws
     assert "process-worker" in (report.services[1].error or "")
 
 
-def test_metric_data_is_batched_by_the_api_limit(aws: dict[str, Any]) -> None:
-    calls: list[int] = []
-
-    class Recorder:
-        def put_metric_data(self, Namespace: str, MetricData: list[Any]) -> None:
-            calls.append(len(MetricData))
-
-    data = [Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": f"q{i}"}, i) for i in range(2 * MAX_DATA_PER_PUT + 1)]
-    assert put_metric_data(Recorder(), "Prefect", data, NOW) == 3
-    assert sorted(calls) == [1, 1000, 1000]  # sent concurrently: in any order
-
-
-
-def _queue_data(count: int) -> list[Datum]:
-    return [Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": f"q{i}"}, i) for i in range(count)]
-
-
-def test_every_chunk_reaches_cloudwatch(aws: dict[str, Any]) -> None:
-    data = _queue_data(2 * MAX_DATA_PER_PUT + 500)
-    assert put_metric_data(aws["cloudwatch"], "Prefect", data, NOW) == 3
-    pages = aws["cloudwatch"].get_paginator("list_metrics").paginate(Namespace="Prefect", MetricName="LateFlowRuns")
-    queues = {d["Value"] for page in pages for m in page["Metrics"] for d in m["Dimensions"]
-              if d["Name"] == "WorkQueue"}
-    assert queues == {f"q{i}" for i in range(len(data))}
-    for i in (0, *(edge + side for edge in (MAX_DATA_PER_PUT, 2 * MAX_DATA_PER_PUT) for side in (-1, 0)),
-              len(data) - 1):  # both ends of every chunk
-        assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="p", WorkQueue=f"q{i}") == i
-
-
-def test_metric_data_chunks_are_sent_together_but_bounded() -> None:
-    lock = threading.Lock()
-    in_flight, peak = 0, 0
-    received: list[tuple[str, float]] = []
-    # Passes only once MAX_PUTS_IN_FLIGHT calls wait on it together: sent one by one, the first call
-    # would break it after the timeout (BrokenBarrierError) instead of hanging the test.
-    together = threading.Barrier(MAX_PUTS_IN_FLIGHT, timeout=10)
-
-    class Recorder:
-        def put_metric_data(self, Namespace: str, MetricData: list[Any]) -> None:
-            nonlocal in_flight, peak
-            with lock:
-                in_flight += 1
-                peak = max(peak, in_flight)
-            try:
-                together.wait()
-            finally:
-                with lock:
-                    in_flight -= 1
-                    received.extend((m["Dimensions"][1]["Value"], m["Value"]) for m in MetricData)
-
-    data = _queue_data(2 * MAX_PUTS_IN_FLIGHT * MAX_DATA_PER_PUT)
-    assert put_metric_data(Recorder(), "Prefect", data, NOW) == 2 * MAX_PUTS_IN_FLIGHT
-    assert peak == MAX_PUTS_IN_FLIGHT
-    assert sorted(received) == sorted((d.dimensions["WorkQueue"], float(d.value)) for d in data)
-
-
-def test_a_failed_chunk_still_raises(aws: dict[str, Any]) -> None:
-    data = _queue_data(3 * MAX_DATA_PER_PUT)
-    data[MAX_DATA_PER_PUT + 7] = Datum(LATE_FLOW_RUNS, {"WorkPool": "p", "WorkQueue": "broken"}, math.nan)
-    with pytest.raises(ClientError, match="NaN"):  # CloudWatch (and moto) reject the whole second chunk
-        put_metric_data(aws["cloudwatch"], "Prefect", data, NOW)
-    assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="p", WorkQueue="broken") is None
-
-
 def test_a_failed_publish_fails_the_tick(prefect: FakePrefect, aws: dict[str, Any]) -> None:
     def throttled(**_: Any) -> None:
         raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "PutMetricData")
@@ -222,11 +109,6 @@ def test_a_failed_publish_fails_the_tick(prefect: FakePrefect, aws: dict[str, An
     aws["cloudwatch"].put_metric_data = throttled
     with pytest.raises(ClientError, match="Rate exceeded"):
         tick(parse_config(CONTEXT), aws)
-
-
-# --- what a tick reads at the same time -----------------------------------------------------
-# Each test blocks one read until the other has been asked for: read one after the other, the wait
-# gives up after its timeout and the test fails instead of hanging.
 
 
 def test_ecs_is_asked_while_prefect_is_still_being_read(prefect: FakePrefect, aws: dict[str, Any]) -> None:
@@ -288,102 +170,6 @@ def test_a_credential_rejected_by_the_worker_read_still_fails_the_tick(
     with pytest.raises(PrefectAuthError, match="rejected the credentials"):
         tick(parse_config(CONTEXT), aws)
     assert published(aws["cloudwatch"], "QueuesRead", Publisher="TestPublisher") is None
-
-
-# --- the Lambda handler -------------------------------------------------------------
-
-
-class FakeContext:
-    function_name = "publisher"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:publisher"
-    aws_request_id = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 50_000
-
-
-@pytest.fixture
-def packaged_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Writes the canonical configuration the way the stack packages it, and points the handler at it."""
-    def write(context: dict[str, Any]) -> Path:
-        path = tmp_path / "publisher_config.json"
-        path.write_text(json.dumps(parse_config(context).to_context()))
-        monkeypatch.setattr(handler, "CONFIG_FILE", path)
-        return path
-    monkeypatch.setattr(handler, "datetime", _FrozenDatetime)
-    yield write  # type: ignore[misc]
-
-
-class _FrozenDatetime:
-    @staticmethod
-    def now(tz: Any = None) -> Any:
-        return NOW
-
-
-def test_handler_publishes_and_returns_a_summary(prefect: FakePrefect, aws: dict[str, Any],
-                                                 packaged_config: Any) -> None:
-    packaged_config(CONTEXT)
-    prefect.add_runs("pool-a", "default", 2, "SCHEDULED", "Late")
-    summary = handler.lambda_handler({}, FakeContext())
-    assert summary["queuesRead"] == 3 and summary["queueReadErrors"] == 0
-    assert published(aws["cloudwatch"], "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") == 2
-
-
-def test_a_warm_handler_remembers_a_deep_backlog_between_invocations(
-        prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handler, "DEPTH_MEMORY", DepthMemory())  # a fresh container
-    packaged_config(CONTEXT)
-    prefect.add_runs("pool-a", "default", 600, "SCHEDULED", "Late")
-
-    deep_queue = prefect.queue_id("pool-a", "default")
-
-    def invoke() -> tuple[dict[str, Any], int]:
-        prefect.calls.clear()
-        summary = handler.lambda_handler({}, FakeContext())
-        due_pages = [body for path, body in prefect.calls if path == "/flow_runs/filter"
-                     and body.get("limit") == PAGE_SIZE and "Late" in json.dumps(body["flow_runs"])
-                     and body["work_pool_queues"]["id"]["any_"] == [deep_queue]]
-        return summary, len(due_pages)
-
-    cold, cold_pages = invoke()
-    warm, warm_pages = invoke()
-    assert (cold_pages, warm_pages) == (1, 0)  # the cold one fetched a page of due runs, then counted
-    assert warm["prefectRequests"] < cold["prefectRequests"] and warm["queuesRead"] == cold["queuesRead"] == 3
-
-
-def test_handler_sends_the_secret_as_basic_auth_and_never_logs_it(
-        prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, caplog: pytest.LogCaptureFixture) -> None:
-    aws["secrets"].create_secret(Name="prefect/auth", SecretString="admin:s3cret-value")
-    packaged_config({**CONTEXT, "prefectAuth": {"secret": "prefect/auth", "scheme": "basic"},
-                     "queues": [*CONTEXT["queues"], {"workQueue": "typo", "cluster": "prefect", "service": "x",
-                                                      "maxCapacity": 1}]})
-    loggers = [logging.getLogger(name) for name in ("prefect_backlog", handler.logger.name)]
-    for logger in loggers:  # Powertools' handlers write to the stdout of import time and do not propagate
-        logger.addHandler(caplog.handler)
-    try:
-        handler.lambda_handler({}, FakeContext())
-    finally:
-        for logger in loggers:
-            logger.removeHandler(caplog.handler)
-    assert set(prefect.authorizations) == {"Basic YWRtaW46czNjcmV0LXZhbHVl"}
-    logged = "\n".join(str(record.__dict__) for record in caplog.records)  # messages with their extra fields
-    assert "published" in logged and "no work queue 'typo'" in logged  # the logs were captured
-    assert "s3cret" not in logged and "YWRtaW46czNjcmV0LXZhbHVl" not in logged
-
-
-def test_handler_fails_visibly_when_nothing_can_be_read(prefect: FakePrefect, aws: dict[str, Any],
-                                                        packaged_config: Any) -> None:
-    packaged_config(CONTEXT)
-    prefect.faults["/work_queues/filter"] = failing(401)
-    with pytest.raises(handler.PublisherFailed, match="rejected the credentials"):
-        handler.lambda_handler({}, FakeContext())
-    cw = aws["cloudwatch"]
-    assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 3  # health still reported
-    assert published(cw, "LateFlowRuns", WorkPool="pool-a", WorkQueue="default") is None
-
-
-# --- fast mode: several samples per invocation ---------------------------------------------
 
 
 class FakeClock:

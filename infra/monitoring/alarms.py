@@ -1,0 +1,266 @@
+"""The alarms of the operators' view: each says what is wrong and what to do.
+
+Missing data: the publisher sends nothing for what it could not read, so queue
+and service alarms treat missing data as *missing* (INSUFFICIENT_DATA, no
+notification, no false OK); the publisher alarms are the ones that report a
+publisher that stopped publishing (missing data is *breaching* there).
+Metrics Insights cannot be combined with metric math, so a condition over two
+metrics of a queue without ``workPool`` is a composite alarm over two Metrics
+Insights alarms.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from infra.ids import construct_id
+from infra.metric_queries import PERIOD, MetricQueries
+from prefect_backlog import metrics
+from prefect_backlog.config import DAY, HOUR, WEEK, Config, QueueConfig, ServiceConfig, schedule_interval_seconds
+
+# Queue paused with due runs, or service at its maximum with runs waiting: normal for a few minutes
+# (a deliberate short pause, a burst being worked off), worth an operator's time when it lasts this long.
+SUSTAINED_MINUTES = 10
+# The publisher alarms look at its last runs: failing in 2 of the last 3, or silent for 3 in a row.
+FAILING_RUNS, FAILING_WINDOW_RUNS = 2, 3
+SILENT_RUNS = 3
+# Workers not taking runs: unpolled with due runs, or runs stuck in Pending, for this many minutes in a row.
+WORKER_MINUTES = 3
+MAX_DESCRIPTION = 1024  # CloudWatch's limit for AlarmDescription
+MAX_ALARM_NAME = 255
+
+
+def publisher_window(schedule: str, runs: int) -> tuple[int, int]:
+    """(period seconds, evaluation periods) covering ``runs`` publisher runs, within CloudWatch's limits.
+
+    One period per run, at most a day; the whole range at most a day for periods under an hour and a
+    week otherwise (PutMetricAlarm's limits).
+    """
+    interval = schedule_interval_seconds(schedule)
+    period = min(interval, DAY)
+    periods = math.ceil(runs * interval / period)
+    limit = DAY if period < HOUR else WEEK
+    return period, max(1, min(periods, limit // period))
+
+
+def _in_alarm(alarm: cloudwatch.IAlarm) -> cloudwatch.IAlarmRule:
+    return cloudwatch.AlarmRule.from_alarm(alarm, cloudwatch.AlarmState.ALARM)
+
+
+class Alarms:
+    """Creates the alarms in ``scope`` (its construct path keeps their logical ids, so their fixed names stay put).
+
+    ``notifying`` lists those that notify (the parts of a composite do not).
+    """
+
+    def __init__(self, scope: Construct, config: Config, queries: MetricQueries, function: lambda_.IFunction) -> None:
+        self.scope = scope
+        self.config = config
+        self.queries = queries
+        self.function = function
+        self.notifying: list[cloudwatch.AlarmBase] = []
+
+    def _alarm_name(self, what: str) -> str:
+        # Any UTF-8 but control characters; a double quote would break a composite alarm's rule.
+        return re.sub(r'[\x00-\x1f\x7f"]', "_", f"{self.config.stack_name} {what}")[:MAX_ALARM_NAME]
+
+    @staticmethod
+    def _description(text: str) -> str:
+        text = " ".join(text.split())
+        if len(text) > MAX_DESCRIPTION:
+            raise ValueError(f"alarm description longer than {MAX_DESCRIPTION} characters: {text[:80]}...")
+        return text
+
+    def _alarm(self, cid: str, what: str, *, metric: cloudwatch.IMetric, description: str,
+               threshold: float, comparison: cloudwatch.ComparisonOperator, evaluation_periods: int,
+               datapoints: int, missing: cloudwatch.TreatMissingData, notify: bool = True) -> cloudwatch.Alarm:
+        alarm = cloudwatch.Alarm(
+            self.scope, cid, alarm_name=self._alarm_name(what), alarm_description=self._description(description),
+            metric=metric, threshold=threshold, comparison_operator=comparison,
+            evaluation_periods=evaluation_periods, datapoints_to_alarm=datapoints, treat_missing_data=missing)
+        if notify:
+            self.notifying.append(alarm)
+        return alarm
+
+    def publisher(self) -> None:
+        stack_name = self.config.stack_name
+        logs = f"the publisher's logs (Lambda function {self.function.function_name})"
+        period_seconds, window = publisher_window(self.config.schedule, FAILING_WINDOW_RUNS)
+        period = Duration.seconds(period_seconds)
+        failing = cloudwatch.MathExpression(
+            expression="FILL(lambdaErrors, 0) + FILL(queueReadErrors, 0) + FILL(serviceReadErrors, 0)",
+            using_metrics={
+                "lambdaErrors": self.function.metric_errors(statistic="Sum", period=period),
+                "queueReadErrors": self.queries.publisher(metrics.QUEUE_READ_ERRORS, "Maximum", period),
+                "serviceReadErrors": self.queries.publisher(metrics.SERVICE_READ_ERRORS, "Maximum", period),
+            },
+            period=period, label="Publisher errors")
+        self.publisher_failing = self._alarm(
+            "PublisherFailing", "publisher failing", metric=failing, threshold=0,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=window, datapoints=min(FAILING_RUNS, window),
+            missing=cloudwatch.TreatMissingData.NOT_BREACHING,
+            description=f"""The backlog publisher of {stack_name} failed in {min(FAILING_RUNS, window)} of its last
+            {window} runs: the Lambda raised (nothing could be read: Prefect API down or unreachable, credentials
+            rejected) or some queues or ECS services could not be read (QueueReadErrors/ServiceReadErrors). Nothing
+            is published for what was not read, so the affected services do not scale. What to do: read
+            {logs}; warnings 'queue not read' and 'scaling signal not published' name the queue or service and the
+            cause (queue renamed or deleted, wrong workPool, API errors, ECS permissions). Fix the Prefect side or
+            the cdk.json queues and redeploy.""")
+
+        period_seconds, window = publisher_window(self.config.schedule, SILENT_RUNS)
+        self.publisher_silent = self._alarm(
+            "PublisherSilent", "publisher silent",
+            metric=self.queries.publisher(metrics.QUEUES_READ, "SampleCount", Duration.seconds(period_seconds)),
+            threshold=1, comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            evaluation_periods=window, datapoints=window, missing=cloudwatch.TreatMissingData.BREACHING,
+            description=f"""The backlog publisher of {stack_name} has published nothing (no QueuesRead datapoint)
+            for {window} periods of {period_seconds} s. Without its metrics no ECS service scales: target tracking
+            and the step policy see no data and leave the desired count where it is. What to do: check that the
+            EventBridge Scheduler schedule of {stack_name} is enabled and invokes the function, then the Lambda
+            metrics (Invocations, Errors, Throttles) and {logs}: timeouts, a missing Powertools layer, no network
+            route to the Prefect API or to CloudWatch (PutMetricData) from its subnets.""")
+
+    def queue(self, queue: QueueConfig) -> None:
+        name = queue.path
+        service = self.config.service_for(queue)
+        cid = construct_id("Queue", queue.work_pool, queue.work_queue)
+        threshold = self.config.oldest_late_alarm_seconds
+        self._alarm(
+            f"{cid}-OldestLate", f"oldest Late run {name}",
+            metric=self.queries.queue_alarm(queue, metrics.OLDEST_LATE_RUN_AGE, "MAX"),
+            threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""A flow run of work queue {name} has been Late for more than {threshold} s: no
+            agent/worker picked it up when it was due. Served by ECS service {service.cluster}/{service.service}
+            (max {service.max_capacity} tasks). What to do: on the dashboard, check whether the service is at
+            its maximum (raise maxCapacity), whether its running tasks poll this queue (SecondsSinceLastPolled;
+            task logs, image, work pool and queue names), and whether the queue or its pool is paused or at a
+            concurrency limit in Prefect.""")
+
+        blocked_description = f"""Flow runs are due on work queue {name} but cannot start, and have not
+            for {SUSTAINED_MINUTES} minutes: the queue or its work pool is paused in Prefect (QueuePaused), or its
+            concurrency limit or its pool's is used up (ConcurrencyLimited). More tasks cannot help, so ECS service
+            {service.cluster}/{service.service} is not scaled for these runs and they wait. What to do: if this is
+            deliberate, nothing; otherwise resume the queue or pool (Prefect UI, `prefect work-queue resume`,
+            `prefect work-pool resume`) or raise the concurrency limit, and check for runs that hold slots without
+            running (StuckPendingFlowRuns)."""
+        unpolled_seconds = self.config.unpolled_alarm_seconds
+        where = f"{service.cluster}/{service.service}"
+        workers_description = f"""Work queue {name}: no agent/worker has polled it for {unpolled_seconds} s
+            while runs are due (SecondsSinceLastPolled), or runs have been Pending for more than
+            {self.config.stuck_pending_seconds} s (StuckPendingFlowRuns, a worker died after claiming them), for
+            {WORKER_MINUTES} minutes. What to do: check that the tasks of ECS service {where} are running and
+            healthy (task logs, image, PREFECT_API_URL, credentials) and poll this pool and queue;
+            for stuck runs, cancel or reschedule them in Prefect, or set rescheduleStuckPending in cdk.json."""
+        if queue.work_pool is not None:
+            def at(definition: metrics.MetricDef) -> cloudwatch.IMetric:
+                return self.queries.queue_alarm(queue, definition, "MIN")
+
+            self._alarm(f"{cid}-PausedBacklog", f"blocked backlog {name}", metric=cloudwatch.MathExpression(
+                expression="IF((paused > 0 OR limited > 0) AND due > 0, 1, 0)",
+                using_metrics={"paused": at(metrics.QUEUE_PAUSED), "limited": at(metrics.CONCURRENCY_LIMITED),
+                               "due": at(metrics.DUE_FLOW_RUNS)},
+                period=PERIOD, label="Due runs that cannot start"),
+                threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
+                missing=cloudwatch.TreatMissingData.MISSING, description=blocked_description)
+            self._alarm(f"{cid}-Workers", f"workers not taking runs {name}", metric=cloudwatch.MathExpression(
+                expression=f"IF((polled > {self.config.unpolled_alarm_seconds} AND due > 0) OR stuck > 0, 1, 0)",
+                using_metrics={"polled": at(metrics.SECONDS_SINCE_LAST_POLLED), "due": at(metrics.DUE_FLOW_RUNS),
+                               "stuck": at(metrics.STUCK_PENDING_FLOW_RUNS)},
+                period=PERIOD, label="Unpolled with due runs, or stuck Pending"),
+                threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=WORKER_MINUTES, datapoints=WORKER_MINUTES,
+                missing=cloudwatch.TreatMissingData.MISSING, description=workers_description)
+            return
+        # Metrics Insights does not mix with metric math: one alarm per condition, combined by composite alarms.
+        gt = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
+        blocked = self._alarm_name(f"blocked backlog {name}")
+        paused = self._part(queue, cid, "Paused", blocked, metrics.QUEUE_PAUSED, 0, gt, SUSTAINED_MINUTES)
+        limited = self._part(queue, cid, "Limited", blocked, metrics.CONCURRENCY_LIMITED, 0, gt, SUSTAINED_MINUTES)
+        due = self._part(queue, cid, "Due", blocked, metrics.DUE_FLOW_RUNS, 0, gt, SUSTAINED_MINUTES)
+        self._composite(f"{cid}-PausedBacklog", blocked, blocked_description, cloudwatch.AlarmRule.all_of(
+            cloudwatch.AlarmRule.any_of(_in_alarm(paused), _in_alarm(limited)), _in_alarm(due)))
+        workers = self._alarm_name(f"workers not taking runs {name}")
+        unpolled = self._part(queue, cid, "Unpolled", workers, metrics.SECONDS_SINCE_LAST_POLLED,
+                              self.config.unpolled_alarm_seconds, gt, WORKER_MINUTES)
+        due_now = self._part(queue, cid, "DueNow", workers, metrics.DUE_FLOW_RUNS, 0, gt, WORKER_MINUTES)
+        stuck = self._part(queue, cid, "Stuck", workers, metrics.STUCK_PENDING_FLOW_RUNS, 0, gt, WORKER_MINUTES)
+        self._composite(f"{cid}-Workers", workers, workers_description, cloudwatch.AlarmRule.any_of(
+            cloudwatch.AlarmRule.all_of(_in_alarm(unpolled), _in_alarm(due_now)), _in_alarm(stuck)))
+
+    def pool(self, pool: str) -> None:
+        """monitoringDetail "pool": each condition over all the pool's queues (Metrics Insights, MAX)."""
+        cid = construct_id("Pool", pool)
+        threshold = self.config.oldest_late_alarm_seconds
+
+        def worst(definition: metrics.MetricDef) -> cloudwatch.IMetric:
+            return self.queries.insights(definition, "MAX", "WorkPool", pool,
+                                        label=f"{definition.name}, worst queue of {pool}")
+
+        self._alarm(
+            f"{cid}-OldestLate", f"oldest Late run in pool {pool}", metric=worst(metrics.OLDEST_LATE_RUN_AGE),
+            threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""A flow run in a queue of work pool {pool} has been Late for more than {threshold} s:
+            no agent/worker picked it up when it was due. Which queue: the pool's row on the dashboard. What to
+            do: check whether its ECS service is at maxCapacity (at-max alarm), whether the queue or pool is
+            paused or its concurrency limit used up (QueuePaused, ConcurrencyLimited), whether its workers poll
+            (SecondsSinceLastPolled, OnlineWorkers) and the worker tasks' logs.""")
+        self._alarm(
+            f"{cid}-Stuck", f"runs stuck in Pending in pool {pool}", metric=worst(metrics.STUCK_PENDING_FLOW_RUNS),
+            threshold=0, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=WORKER_MINUTES, datapoints=WORKER_MINUTES, missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""A queue of work pool {pool} has had flow runs Pending for more than
+            {self.config.stuck_pending_seconds} s for {WORKER_MINUTES} minutes: a worker claimed them and most
+            likely died. Which queue: StuckPendingFlowRuns in the pool's row on the dashboard. What to do: check
+            the worker tasks' logs and stopped tasks, then cancel or reschedule those runs in Prefect, or set
+            rescheduleStuckPending in cdk.json.""")
+
+    def _part(self, queue: QueueConfig, cid: str, kind: str, composite_name: str, definition: metrics.MetricDef,
+              threshold: float, comparison: cloudwatch.ComparisonOperator, minutes: int) -> cloudwatch.Alarm:
+        """One Metrics Insights condition of a composite alarm; it notifies nobody itself."""
+        return self._alarm(
+            f"{cid}-{kind}", f"{kind.lower()} {queue.path}",
+            metric=self.queries.queue_alarm(queue, definition, "MIN"), threshold=threshold, comparison=comparison,
+            evaluation_periods=minutes, datapoints=minutes, missing=cloudwatch.TreatMissingData.MISSING,
+            notify=False, description=(f"Part of the composite alarm '{composite_name}'; it notifies nobody itself. "
+                                       f"{definition.name} of work queue {queue.path}: "
+                                       f"{definition.description}."))
+
+    def _composite(self, cid: str, name: str, description: str, rule: cloudwatch.IAlarmRule) -> None:
+        self.notifying.append(cloudwatch.CompositeAlarm(
+            self.scope, cid, composite_alarm_name=name, alarm_description=self._description(description),
+            alarm_rule=rule))
+
+    def service(self, service: ServiceConfig) -> None:
+        in_task = any(self.config.queues[i].runs_in_worker_task for i in service.queue_indexes)
+        # Where runs execute inside the worker tasks, demand counts the runs in flight too: runs wait only
+        # when demand exceeds what the maximum number of tasks holds at the target.
+        waiting_above = service.max_capacity * service.target_backlog_per_task if in_task else 0
+        at_max = cloudwatch.MathExpression(
+            expression=f"IF(desired >= {service.max_capacity} AND demand > {waiting_above:g}, 1, 0)",
+            using_metrics={"desired": self.queries.service(service, metrics.DESIRED_TASKS, "Minimum"),
+                           "demand": self.queries.service(service, metrics.DEMAND_FLOW_RUNS, "Minimum")},
+            period=PERIOD, label="At maximum with runs waiting")
+        waiting = (f"more flow runs than {service.max_capacity} tasks hold at {service.target_backlog_per_task:g} "
+                   f"runs per task (DemandFlowRuns > {waiting_above:g}; runs execute inside the worker tasks)"
+                   if in_task else "flow runs are due and waiting (DemandFlowRuns > 0)")
+        self._alarm(
+            construct_id("Service", service.cluster, service.service) + "-AtMax",
+            f"at max capacity {service.cluster}/{service.service}", metric=at_max, threshold=1,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
+            missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""ECS service {service.cluster}/{service.service} has been at its maximum of
+            {service.max_capacity} desired tasks for {SUSTAINED_MINUTES} minutes while {waiting}. Autoscaling
+            cannot add tasks, so runs queue up and turn Late. What to do: if the backlog is expected, nothing;
+            otherwise raise maxCapacity for this service in cdk.json and redeploy (check the cluster's capacity
+            and the account's Fargate/EC2 limits first), or lower the demand (schedules, concurrency limits).""")

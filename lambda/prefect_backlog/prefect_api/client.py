@@ -1,0 +1,66 @@
+"""The Prefect side of one sample: one transport, and the reads and writes the tick asks for."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+import requests
+
+from prefect_backlog.backlog import QueueCounts
+from prefect_backlog.config import QueueConfig
+from prefect_backlog.fanout import Fanout
+from prefect_backlog.prefect_api import queries
+from prefect_backlog.prefect_api.queries import PoolWorkers, ResolvedQueue
+from prefect_backlog.prefect_api.runs import DepthMemory, QueueScope, RunReader
+from prefect_backlog.prefect_api.transport import PrefectError, PrefectHttp
+
+
+class PrefectClient:
+    """What one publisher sample asks Prefect, over one :class:`PrefectHttp`.
+
+    Pass the same ``depth_memory`` to the clients of successive samples (the
+    handler keeps one per container) so streams that were too deep to page are
+    read narrower at once. The reads run on the tick's :class:`Fanout`; called
+    without one, a read makes its own for the call.
+    """
+
+    def __init__(self, api_url: str, *, authorization: str | None = None, deadline: float | None = None,
+                 max_concurrency: int = 8, session: requests.Session | None = None,
+                 sleep: Callable[[float], None] = time.sleep, depth_memory: DepthMemory | None = None) -> None:
+        self.http = PrefectHttp(api_url, authorization=authorization, deadline=deadline,
+                                max_concurrency=max_concurrency, session=session, sleep=sleep)
+        self.depth_memory = depth_memory or DepthMemory()
+
+    @property
+    def requests_sent(self) -> int:
+        return self.http.requests_sent
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.http.max_concurrency
+
+    @contextmanager
+    def _fanout(self, given: Fanout | None) -> Iterator[Fanout]:
+        if given is not None:
+            yield given
+            return
+        with Fanout(self.max_concurrency, name="prefect") as own:
+            yield own
+
+    def resolve_queues(self, queues: Sequence[QueueConfig]) -> dict[int, ResolvedQueue | PrefectError]:
+        return queries.resolve_queues(self.http, queues)
+
+    def read_counts(self, queues: Iterable[QueueScope], now: datetime, stuck_after_seconds: float,
+                    fanout: Fanout | None = None) -> dict[str, QueueCounts | PrefectError]:
+        with self._fanout(fanout) as pool:
+            return RunReader(self.http, pool, self.depth_memory, now, stuck_after_seconds).read_counts(queues)
+
+    def read_workers(self, pools: Iterable[str], fanout: Fanout | None = None) -> dict[str, PoolWorkers | PrefectError]:
+        with self._fanout(fanout) as pool:
+            return queries.read_workers(self.http, pool, pools)
+
+    def reschedule_if_stuck(self, run_id: str, now: datetime, stuck_after_seconds: float) -> bool:
+        return queries.reschedule_if_stuck(self.http, run_id, now, stuck_after_seconds)
