@@ -30,8 +30,8 @@ import boto3
 import requests
 from botocore.config import Config as BotoConfig
 
-from tests.integration.backlog import BacklogClient, now_iso
-from tests.integration.prefect_server import HOST, PrefectServer, free_port
+from harness.backlog import BacklogClient, now_iso
+from harness.prefect_server import HOST, PrefectServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"

@@ -46,12 +46,13 @@ from moto.server import ThreadedMotoServer
 
 from demo import simulation as sim
 from demo.chart import ServiceSeries, draw
+from harness.backlog import BacklogClient, Target, iso
+from harness.prefect_server import PrefectServer, PrefectServerError
 from prefect_backlog import metrics
 from prefect_backlog.config import Config, ServiceConfig, parse_config
 from prefect_backlog.prefect_api import PrefectClient
-from prefect_backlog.tick import TickReport, run_tick
-from tests.integration.backlog import BacklogClient, Target, iso
-from tests.integration.prefect_server import PrefectServer, PrefectServerError
+from prefect_backlog.report import TickReport
+from prefect_backlog.tick import run_tick
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHART = REPO_ROOT / "out" / "demo-chart.png"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, Duration, RemovalPolicy, Stack, Validations
+from aws_cdk import Acknowledgment, Aws, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -57,6 +57,7 @@ class Publisher(Construct):
             actions=["ecs:DescribeServices"],
             resources=[stack.format_arn(service="ecs", resource="service", resource_name=f"{s.cluster}/{s.service}")
                        for s in config.services]))
+        self._allow_task_protection(config)
 
         powertools = lambda_.LayerVersion.from_layer_version_arn(
             self, "Powertools", ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER))
@@ -110,6 +111,39 @@ class Publisher(Construct):
             id=f"AwsSolutions-IAM5[Resource::<{stack.get_logical_id(cfn_function)}.Arn>:*]",
             reason="The scheduler role may invoke only the publisher function; ':*' covers its versions and "
                    "aliases (granted by CDK's LambdaInvoke target)."))
+
+    def _allow_task_protection(self, config: Config) -> None:
+        """Read the tasks of the clusters whose services protect busy tasks, and set their protection.
+
+        Scoped to those clusters: ECS offers no narrower resource for a service's tasks, whose IDs are only
+        known at run time (ListTasks authorizes on the cluster's container-instance resource and the
+        ecs:cluster condition key, per the Service Authorization Reference).
+        """
+        clusters = sorted({s.cluster for s in config.services if s.task_protection})
+        if not clusters:
+            return
+        # Pseudo parameters, not the stack's env: the ARNs (and the acknowledgements, which name them as
+        # cdk-nag renders them) read the same whether or not the synth knows the region.
+        ecs_arn = f"arn:{Aws.PARTITION}:ecs:{Aws.REGION}:{Aws.ACCOUNT_ID}"
+
+        def arns(resource: str) -> list[str]:
+            return [f"{ecs_arn}:{resource}/{c}/*" for c in clusters]
+
+        cluster_arns = [f"{ecs_arn}:cluster/{c}" for c in clusters]
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["ecs:ListTasks"], resources=arns("container-instance"),
+            conditions={"ArnEquals": {"ecs:cluster": cluster_arns}}))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["ecs:DescribeTasks", "ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
+            resources=arns("task")))
+        nag_arn = "arn:<AWS::Partition>:ecs:<AWS::Region>:<AWS::AccountId>"
+        for cluster in clusters:
+            for resource in ("container-instance", "task"):
+                Validations.of(self.role).acknowledge(Acknowledgment(
+                    id=f"AwsSolutions-IAM5[Resource::{nag_arn}:{resource}/{cluster}/*]",
+                    reason=f"Task protection reads and protects the tasks of cluster {cluster}: their IDs exist only "
+                           "at run time, and ECS has no per-service task resource. Limited to the configured "
+                           "clusters (and, for ListTasks, the ecs:cluster condition)."))
 
     def _secret(self, name_or_arn: str) -> secretsmanager.ISecret:
         if name_or_arn.startswith("arn:"):

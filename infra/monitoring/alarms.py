@@ -32,6 +32,8 @@ FAILING_RUNS, FAILING_WINDOW_RUNS = 2, 3
 SILENT_RUNS = 3
 # Workers not taking runs: unpolled with due runs, or runs stuck in Pending, for this many minutes in a row.
 WORKER_MINUTES = 3
+# Runs orphaned this long are not a sample that raced a task's start: their task is gone.
+ORPHAN_MINUTES = 5
 MAX_DESCRIPTION = 1024  # CloudWatch's limit for AlarmDescription
 MAX_ALARM_NAME = 255
 
@@ -94,11 +96,13 @@ class Alarms:
         period_seconds, window = publisher_window(self.config.schedule, FAILING_WINDOW_RUNS)
         period = Duration.seconds(period_seconds)
         failing = cloudwatch.MathExpression(
-            expression="FILL(lambdaErrors, 0) + FILL(queueReadErrors, 0) + FILL(serviceReadErrors, 0)",
+            expression=("FILL(lambdaErrors, 0) + FILL(queueReadErrors, 0) + FILL(serviceReadErrors, 0) "
+                        "+ FILL(protectionErrors, 0)"),
             using_metrics={
                 "lambdaErrors": self.function.metric_errors(statistic="Sum", period=period),
                 "queueReadErrors": self.queries.publisher(metrics.QUEUE_READ_ERRORS, "Maximum", period),
                 "serviceReadErrors": self.queries.publisher(metrics.SERVICE_READ_ERRORS, "Maximum", period),
+                "protectionErrors": self.queries.publisher(metrics.PROTECTION_ERRORS, "Maximum", period),
             },
             period=period, label="Publisher errors")
         self.publisher_failing = self._alarm(
@@ -108,11 +112,12 @@ class Alarms:
             missing=cloudwatch.TreatMissingData.NOT_BREACHING,
             description=f"""The backlog publisher of {stack_name} failed in {min(FAILING_RUNS, window)} of its last
             {window} runs: the Lambda raised (nothing could be read: Prefect API down or unreachable, credentials
-            rejected) or some queues or ECS services could not be read (QueueReadErrors/ServiceReadErrors). Nothing
+            rejected), some queues or ECS services could not be read (QueueReadErrors/ServiceReadErrors), or ECS
+            task reads or task-protection calls failed (ProtectionErrors: protection was left as it was). Nothing
             is published for what was not read, so the affected services do not scale. What to do: read
-            {logs}; warnings 'queue not read' and 'scaling signal not published' name the queue or service and the
-            cause (queue renamed or deleted, wrong workPool, API errors, ECS permissions). Fix the Prefect side or
-            the cdk.json queues and redeploy.""")
+            {logs}; warnings name the queue or service and the cause (queue renamed or deleted, wrong workPool, API
+            errors, ECS permissions or throttling). Fix the Prefect side or the cdk.json queues and redeploy.""")
+        self.orphaned_runs()
 
         period_seconds, window = publisher_window(self.config.schedule, SILENT_RUNS)
         self.publisher_silent = self._alarm(
@@ -126,6 +131,23 @@ class Alarms:
             EventBridge Scheduler schedule of {stack_name} is enabled and invokes the function, then the Lambda
             metrics (Invocations, Errors, Throttles) and {logs}: timeouts, a missing Powertools layer, no network
             route to the Prefect API or to CloudWatch (PutMetricData) from its subnets.""")
+
+    def orphaned_runs(self) -> None:
+        """One alarm for the stack: runs whose worker's task has stopped stay orphaned (their process is gone)."""
+        crash = ("they are set to Crashed after two samples (crashOrphanedRuns is on): if this persists, check "
+                 "the publisher's logs for rejected changes" if self.config.crash_orphaned_runs else
+                 "cancel or mark them Crashed in Prefect (or set crashOrphanedRuns in cdk.json so the publisher "
+                 "does it); retries and automations then take over and their concurrency slots are freed")
+        self._alarm(
+            "OrphanedRuns", "orphaned flow runs",
+            metric=self.queries.publisher(metrics.ORPHANED_FLOW_RUNS, "Minimum"), threshold=0,
+            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=ORPHAN_MINUTES, datapoints=ORPHAN_MINUTES, missing=cloudwatch.TreatMissingData.MISSING,
+            description=f"""For {ORPHAN_MINUTES} minutes, flow runs have been in flight (Running, Pending,
+            Cancelling or Paused) on workers whose ECS task has stopped: their process died with the task, and
+            Prefect will show them as running forever, holding concurrency slots. They are left out of the
+            scaling demand. Which queue: OrphanedFlowRuns on the dashboard. What to do: find why the tasks stopped
+            (ECS stopped-task reasons: scale-in of an unprotected task, a deployment, out of memory); {crash}.""")
 
     def queue(self, queue: QueueConfig) -> None:
         name = queue.path

@@ -68,9 +68,11 @@ class OperatorsDashboard:
         return [
             cloudwatch.TextWidget(width=24, height=1, markdown="## Publisher health"),
             cloudwatch.GraphWidget(
-                title="Queue and service read errors", width=6,
+                title="Read and task-protection errors; orphaned runs", width=6,
                 left=[self.queries.publisher(metrics.QUEUE_READ_ERRORS, "Maximum"),
-                      self.queries.publisher(metrics.SERVICE_READ_ERRORS, "Maximum")],
+                      self.queries.publisher(metrics.SERVICE_READ_ERRORS, "Maximum"),
+                      self.queries.publisher(metrics.PROTECTION_ERRORS, "Maximum"),
+                      self.queries.publisher(metrics.ORPHANED_FLOW_RUNS, "Maximum")],
                 left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
             cloudwatch.GraphWidget(
                 title="Queues read (missing = publisher silent)", width=6,
@@ -103,10 +105,11 @@ class OperatorsDashboard:
                       self.queries.queue_graph(queue, metrics.DUE_FLOW_RUNS)],
                 left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
             cloudwatch.GraphWidget(
-                title=f"{name}: Pending and Running", width=6,
+                title=f"{name}: Pending, Running, stuck and orphaned", width=6,
                 left=[self.queries.queue_graph(queue, metrics.PENDING_FLOW_RUNS),
                       self.queries.queue_graph(queue, metrics.RUNNING_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.STUCK_PENDING_FLOW_RUNS)],
+                      self.queries.queue_graph(queue, metrics.STUCK_PENDING_FLOW_RUNS),
+                      self.queries.queue_graph(queue, metrics.ORPHANED_FLOW_RUNS)],
                 left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
             cloudwatch.GraphWidget(
                 title=f"{name}: oldest Late run age (s)", width=6,
@@ -138,9 +141,9 @@ class OperatorsDashboard:
             cloudwatch.GraphWidget(title=f"{pool}: oldest Late run age (s)", width=6,
                                    left=lines(metrics.OLDEST_LATE_RUN_AGE), left_annotations=[threshold],
                                    left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(title=f"{pool}: stuck Pending, paused, limited", width=6,
-                                   left=lines(metrics.STUCK_PENDING_FLOW_RUNS, metrics.QUEUE_PAUSED,
-                                              metrics.CONCURRENCY_LIMITED),
+            cloudwatch.GraphWidget(title=f"{pool}: stuck Pending, orphaned, paused, limited", width=6,
+                                   left=lines(metrics.STUCK_PENDING_FLOW_RUNS, metrics.ORPHANED_FLOW_RUNS,
+                                              metrics.QUEUE_PAUSED, metrics.CONCURRENCY_LIMITED),
                                    left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
         ]
 
@@ -151,9 +154,11 @@ class OperatorsDashboard:
                 f"## ECS service {where}: {service.min_capacity}..{service.max_capacity} tasks, target "
                 f"{service.target_backlog_per_task:g} runs per task")),
             cloudwatch.GraphWidget(
-                title=f"{where}: desired vs running tasks", width=8,
+                title=f"{where}: desired, running and protected tasks", width=8,
                 left=[self.queries.service(service, metrics.DESIRED_TASKS, "Maximum"),
-                      self.queries.service(service, metrics.RUNNING_TASKS, "Maximum")],
+                      self.queries.service(service, metrics.RUNNING_TASKS, "Maximum"),
+                      self.queries.service(service, metrics.PROTECTED_TASKS, "Maximum"),
+                      self.queries.service(service, metrics.UNMAPPED_FLOW_RUNS, "Maximum")],
                 left_annotations=[cloudwatch.HorizontalAnnotation(value=service.max_capacity, label="maxCapacity",
                                                                   color=cloudwatch.Color.RED)],
                 left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),

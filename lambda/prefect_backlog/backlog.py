@@ -15,6 +15,10 @@ from datetime import datetime, timedelta
 # AwaitingConcurrencySlot is SCHEDULED too, but waits on a limit that more workers cannot lift.
 DUE_STATE_NAMES = ("Scheduled", "Late", "AwaitingRetry")
 LATE_STATE_NAME = "Late"
+# State types of runs that a worker has claimed and that have not finished. A PAUSED run named
+# "Paused" still holds its process; one named "Suspended" has left it (it resumes as a new submission).
+IN_FLIGHT_STATE_TYPES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
+PAUSED_STATE_NAME = "Paused"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,14 @@ class RunFacts:
     state_name: str
     scheduled_at: datetime | None  # next_scheduled_start_time, else expected_start_time
     state_since: datetime | None = None  # when the run entered its current state
+    worker_name: str | None = None  # the label prefect.worker.name that a 3.1.2+ worker stamps on runs it submits
+    labelled: bool = True  # False: the API has no labels at all (Prefect 2.x)
+
+    @property
+    def in_flight(self) -> bool:
+        """Claimed and not finished, with its flow process (or its submission) still alive in the worker."""
+        return self.state_type in IN_FLIGHT_STATE_TYPES and (
+            self.state_type != "PAUSED" or self.state_name == PAUSED_STATE_NAME)
 
 
 @dataclass(frozen=True)
@@ -39,10 +51,18 @@ class QueueBacklog:
     paused: bool  # the queue or its pool
     stuck_pending_ids: tuple[str, ...] = ()  # Pending for longer than the configured threshold
     concurrency_limited: bool = False  # the queue's or its pool's concurrency limit is used up
+    cancelling: int = 0
+    paused_runs: int = 0  # runs Paused in their process (not Suspended)
+    orphaned: int = 0  # in-flight runs whose worker's task has stopped (their process is gone)
 
     @property
     def stuck_pending(self) -> int:
         return len(self.stuck_pending_ids)
+
+    @property
+    def in_flight(self) -> int:
+        """Runs whose process is alive in a worker: Pending, Running, Cancelling and Paused, less the orphaned."""
+        return max(0, self.pending + self.running + self.cancelling + self.paused_runs - self.orphaned)
 
 
 @dataclass(frozen=True)
@@ -55,23 +75,33 @@ class QueueCounts:
     running: int = 0
     oldest_late_at: datetime | None = None
     stuck_pending_ids: tuple[str, ...] = ()
+    cancelling: int = 0
+    paused_runs: int = 0
+    # The in-flight runs themselves (with their workers), when they were read one by one; None when only
+    # counted (a deep backlog): task protection then reads them itself. Not part of what the counts equal.
+    in_flight_runs: tuple[RunFacts, ...] | None = field(default=(), compare=False)
 
     def __add__(self, other: QueueCounts) -> QueueCounts:
         """The counts of two disjoint sets of runs (the client reads a queue's runs in disjoint slices)."""
         oldest = [t for t in (self.oldest_late_at, other.oldest_late_at) if t is not None]
+        runs = None if self.in_flight_runs is None or other.in_flight_runs is None else (
+            self.in_flight_runs + other.in_flight_runs)
         return QueueCounts(late=self.late + other.late, due=self.due + other.due,
                            pending=self.pending + other.pending, running=self.running + other.running,
                            oldest_late_at=min(oldest, default=None),
-                           stuck_pending_ids=self.stuck_pending_ids + other.stuck_pending_ids)
+                           stuck_pending_ids=self.stuck_pending_ids + other.stuck_pending_ids,
+                           cancelling=self.cancelling + other.cancelling,
+                           paused_runs=self.paused_runs + other.paused_runs, in_flight_runs=runs)
 
     def with_queue_state(self, now: datetime, *, paused: bool, queue_limit: int | None,
-                         pool_limit_full: bool = False) -> QueueBacklog:
-        """The published backlog, once the queue's pause state and concurrency limits are known."""
+                         pool_limit_full: bool = False, orphaned: int = 0) -> QueueBacklog:
+        """The published backlog, once the queue's pause state, concurrency limits and orphans are known."""
         in_use = self.pending + self.running
         return QueueBacklog(late=self.late, due=self.due, pending=self.pending, running=self.running,
                             oldest_late_age_seconds=seconds_since(self.oldest_late_at, now) or 0.0, paused=paused,
                             stuck_pending_ids=self.stuck_pending_ids,
-                            concurrency_limited=pool_limit_full or limit_reached(queue_limit, in_use))
+                            concurrency_limited=pool_limit_full or limit_reached(queue_limit, in_use),
+                            cancelling=self.cancelling, paused_runs=self.paused_runs, orphaned=orphaned)
 
 
 def limit_reached(limit: int | None, in_use: int | None) -> bool:
@@ -96,8 +126,11 @@ class _Tally:
     due: int = 0
     pending: int = 0
     running: int = 0
+    cancelling: int = 0
+    paused: int = 0
     oldest_late_at: datetime | None = None
     stuck: list[str] = field(default_factory=list)
+    in_flight: list[RunFacts] = field(default_factory=list)
 
 
 def is_stuck_pending(run: RunFacts, now: datetime, stuck_after_seconds: float) -> bool:
@@ -123,14 +156,21 @@ def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: date
                 if run.scheduled_at is not None and (tally.oldest_late_at is None
                                                      or run.scheduled_at < tally.oldest_late_at):
                     tally.oldest_late_at = run.scheduled_at
-        elif run.state_type == "PENDING":
-            tally.pending += 1
-            if is_stuck_pending(run, now, stuck_after_seconds):
-                tally.stuck.append(run.id)
-        elif run.state_type == "RUNNING":
-            tally.running += 1
+        elif run.in_flight:
+            tally.in_flight.append(run)
+            if run.state_type == "PENDING":
+                tally.pending += 1
+                if is_stuck_pending(run, now, stuck_after_seconds):
+                    tally.stuck.append(run.id)
+            elif run.state_type == "RUNNING":
+                tally.running += 1
+            elif run.state_type == "CANCELLING":
+                tally.cancelling += 1
+            else:
+                tally.paused += 1
     return {q: QueueCounts(late=t.late, due=t.due, pending=t.pending, running=t.running,
-                           oldest_late_at=t.oldest_late_at, stuck_pending_ids=tuple(t.stuck))
+                           oldest_late_at=t.oldest_late_at, stuck_pending_ids=tuple(t.stuck),
+                           cancelling=t.cancelling, paused_runs=t.paused, in_flight_runs=tuple(t.in_flight))
             for q, t in tallies.items()}
 
 
@@ -138,12 +178,14 @@ def queue_demand(backlog: QueueBacklog, runs_in_worker_task: bool) -> int:
     """Flow runs that need this queue's worker tasks.
 
     Due runs behind a paused queue or pool, or behind a used-up concurrency
-    limit, are not demand: more workers cannot start them. Runs in flight are demand only when they execute inside the
-    worker's own task (Process worker): scaling that task in would kill them,
-    and they still need it even while the queue is paused.
+    limit, are not demand: more workers cannot start them. Runs in flight
+    (Pending, Running, Cancelling, Paused) are demand only when they execute
+    inside the worker's own task (Process worker): scaling that task in would
+    kill them, and they still need it even while the queue is paused. Orphaned
+    runs are not: their task is gone, and no task can bring their process back.
     """
     waiting = 0 if backlog.paused or backlog.concurrency_limited else backlog.due
-    in_flight = backlog.pending + backlog.running if runs_in_worker_task else 0
+    in_flight = backlog.in_flight if runs_in_worker_task else 0
     return waiting + in_flight
 
 

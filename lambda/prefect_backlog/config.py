@@ -55,6 +55,7 @@ DEFAULT_MAX_RESCHEDULES_PER_RUN = 10
 DEFAULT_OLDEST_LATE_ALARM_SECONDS = 600
 # Workers poll every 10 s (2.x agents every 15 s): five quiet minutes with runs due means none is polling.
 DEFAULT_UNPOLLED_ALARM_SECONDS = 300
+DEFAULT_MAX_CRASHES_PER_RUN = 10
 
 # CloudWatch Logs accepts only these retention periods.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
@@ -154,6 +155,7 @@ class ServiceConfig:
     max_capacity: int
     target_backlog_per_task: float
     queue_indexes: tuple[int, ...]
+    task_protection: bool = True  # protect the tasks whose workers hold a flow run from scale-in
 
     @property
     def key(self) -> tuple[str, str]:
@@ -188,6 +190,8 @@ class Config:
     unpolled_alarm_seconds: int = DEFAULT_UNPOLLED_ALARM_SECONDS
     alarm_email: str | None = None  # None: the alarms notify nobody (no SNS topic)
     monitoring_detail: MonitoringDetail = "queue"
+    crash_orphaned_runs: bool = False  # opt-in: set runs whose worker task is gone to Crashed
+    max_crashes_per_run: int = DEFAULT_MAX_CRASHES_PER_RUN
 
     @property
     def work_pools(self) -> tuple[str, ...]:
@@ -325,6 +329,7 @@ QUEUE_ENTRY = Shape(build=dict, settings=(
     Setting("targetBacklogPerTask", "target_backlog_per_task", positive_number,
             default=DEFAULT_TARGET_BACKLOG_PER_TASK, scope="service"),
     Setting("runsInWorkerTask", "runs_in_worker_task", boolean, default=False),
+    Setting("taskProtection", "task_protection", boolean, default=True, scope="service"),
 ))
 
 # The CDK context (cdk.json "context" or -c): lenient about keys, which also hold CDK's own settings.
@@ -351,6 +356,8 @@ TOP_LEVEL = Shape(build=dict, strict=False, settings=(
     Setting("alarmEmail", "alarm_email", matching(r"[^@\s]+@[^@\s]+\.[^@\s]+",
                                                   "must be one email address such as ops@example.com"), default=None),
     Setting("monitoringDetail", "monitoring_detail", one_of(*MONITORING_DETAILS), default="queue"),
+    Setting("crashOrphanedRuns", "crash_orphaned_runs", boolean, default=False),
+    Setting("maxCrashesPerRun", "max_crashes_per_run", integer(1), default=DEFAULT_MAX_CRASHES_PER_RUN),
 ))
 
 TOP_LEVEL_KEYS = TOP_LEVEL.keys

@@ -22,16 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect_backlog.aws.ecs import EcsClient
+from prefect_backlog.aws.ecs import EcsTaskClient
 from prefect_backlog.config import ConfigError, parse_config
 from prefect_backlog.prefect_api import PrefectClient, authorization_header
-from prefect_backlog.tick import TickReport, metric_data, run_tick
+from prefect_backlog.report import TickReport, metric_data
+from prefect_backlog.tick import run_tick
 
 CREDENTIAL_VARIABLES = {"bearer": "PREFECT_API_KEY", "basic": "PREFECT_API_AUTH_STRING"}
 
 
 class AssumedTaskCounts:
-    """Stands in for the ECS client: every service reports the same assumed task counts."""
+    """Stands in for the ECS client: every service reports the same assumed task counts, and has no tasks."""
 
     def __init__(self, running: int) -> None:
         self.running = running
@@ -40,12 +41,24 @@ class AssumedTaskCounts:
         return {"services": [{"serviceName": s, "status": "ACTIVE", "runningCount": self.running,
                               "desiredCount": self.running} for s in services]}
 
+    def list_tasks(self, **_: Any) -> dict[str, Any]:
+        return {"taskArns": []}
+
+    def describe_tasks(self, *, cluster: str, tasks: list[str]) -> dict[str, Any]:
+        return {"tasks": [], "failures": []}
+
+    def get_task_protection(self, *, cluster: str, tasks: list[str]) -> dict[str, Any]:
+        return {"protectedTasks": [], "failures": []}
+
+    def update_task_protection(self, **_: Any) -> dict[str, Any]:
+        raise AssertionError("a dry run never changes task protection")
+
 
 class UsageError(Exception):
     """The dry run cannot start as asked (exit code 2); the message says what to do."""
 
 
-def ecs_client() -> EcsClient:
+def ecs_client() -> EcsTaskClient:
     """A real ECS client for --ecs, or UsageError naming what is missing (region, credentials)."""
     import boto3  # only when asked: the dry run must work without AWS libraries configured
     import botocore.exceptions
@@ -59,7 +72,7 @@ def ecs_client() -> EcsClient:
         raise UsageError(f"--ecs needs AWS credentials: {exc}") from None
     if credentials is None:
         raise UsageError("--ecs needs AWS credentials (environment, profile or instance role); none were found")
-    client: EcsClient = session.client("ecs")
+    client: EcsTaskClient = session.client("ecs")
     return client
 
 
@@ -160,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         authorization = authorization_header(config.auth.scheme, os.environ[variable])
 
-    ecs: EcsClient
+    ecs: EcsTaskClient
     if args.ecs:
         try:
             ecs = ecs_client()
@@ -175,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr()
     now = datetime.now(UTC)
     client = PrefectClient(config.api_url, authorization=authorization, deadline=time.monotonic() + args.timeout)
-    report = run_tick(config, client, ecs=ecs, cloudwatch=None, now=now)
+    report = run_tick(config, client, ecs=ecs, cloudwatch=None, now=now, protection="read" if args.ecs else "off",
+                      writes=False)
     print(as_json(report, config.stack_name, now) if args.json else render(report, note))
     ecs_unread = args.ecs and report.services and all(
         s.signal is None and s.demand is not None for s in report.services)

@@ -21,16 +21,21 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config as BotoConfig
 
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_api import DepthMemory, PrefectClient, authorization_header
-from prefect_backlog.tick import run_samples
+from prefect_backlog.prefect_api import PrefectClient, authorization_header
+from prefect_backlog.tick import WarmState, run_samples
 
 CONFIG_FILE = Path(os.environ.get("PUBLISHER_CONFIG_FILE", Path(__file__).with_name("publisher_config.json")))
 SECRET_MAX_AGE_SECONDS = 300
 # Kept by the container between invocations (reserved concurrency 1 and a one-minute schedule keep it
-# warm): a backlog too deep to page is read narrower at once. Lost on a cold start, at no risk.
-DEPTH_MEMORY = DepthMemory()
+# warm): which backlogs were too deep to page, which tasks it protected, which runs were orphaned. Lost
+# on a cold start at the cost of a few calls, never of a wrong figure.
+WARM = WarmState()
+# ECS throttles per account, and users' own workers already press on it in bursts: back off, and let
+# botocore's adaptive mode slow our calls down when ECS says so, within the sample's budget.
+ECS_CLIENT_CONFIG = BotoConfig(retries={"mode": "adaptive", "max_attempts": 4}, connect_timeout=3, read_timeout=5)
 
 logger = Logger()
 tracer = Tracer()
@@ -62,10 +67,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
     def new_client(read_deadline: float) -> PrefectClient:
         return PrefectClient(config.api_url, authorization=auth, deadline=read_deadline, session=session,
-                             depth_memory=DEPTH_MEMORY)
+                             depth_memory=WARM.depth)
 
-    reports = run_samples(config, new_client, ecs=boto3.client("ecs"), cloudwatch=boto3.client("cloudwatch"),
-                          deadline=deadline, wall_clock=lambda: datetime.now(UTC))
+    reports = run_samples(config, new_client, ecs=boto3.client("ecs", config=ECS_CLIENT_CONFIG),
+                          cloudwatch=boto3.client("cloudwatch"), deadline=deadline,
+                          wall_clock=lambda: datetime.now(UTC), warm=WARM)
     for report in reports:
         logger.info("published", extra=report.summary())
     failures = [r.whole_failure for r in reports if r.whole_failure]

@@ -45,8 +45,13 @@ CONCURRENCY_LIMITED = MetricDef(
     "ConcurrencyLimited", Unit.NONE,
     "1 when the queue's concurrency limit (or its pool's, on 3.x) is used up: due runs wait on the limit, "
     "not on workers, and add no demand")
+ORPHANED_FLOW_RUNS = MetricDef(
+    "OrphanedFlowRuns", Unit.COUNT,
+    "In-flight runs whose worker's ECS task has stopped: their process died with it; they are not demand "
+    "(per queue, and the publisher's total)")
 QUEUE_METRICS = (LATE_FLOW_RUNS, DUE_FLOW_RUNS, PENDING_FLOW_RUNS, RUNNING_FLOW_RUNS, OLDEST_LATE_RUN_AGE,
-                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED, STUCK_PENDING_FLOW_RUNS, CONCURRENCY_LIMITED)
+                 QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED, STUCK_PENDING_FLOW_RUNS, CONCURRENCY_LIMITED,
+                 ORPHANED_FLOW_RUNS)
 
 # Per work pool; dimension WorkPool. Workers (3.x, and 2.x workers) heartbeat; 2.x agents do not.
 ONLINE_WORKERS = MetricDef("OnlineWorkers", Unit.COUNT, "Workers of the pool whose status is ONLINE")
@@ -69,7 +74,15 @@ TASK_SHORTFALL = MetricDef(
     "service's maximum, never negative; drives the step policy that scales out of 0 and answers bursts")
 RUNNING_TASKS = MetricDef("RunningTasks", Unit.COUNT, "Running tasks of the service (ECS DescribeServices)")
 DESIRED_TASKS = MetricDef("DesiredTasks", Unit.COUNT, "Desired tasks of the service (ECS DescribeServices)")
-SERVICE_METRICS = (BACKLOG_PER_TASK, DEMAND_FLOW_RUNS, TASK_SHORTFALL, RUNNING_TASKS, DESIRED_TASKS)
+PROTECTED_TASKS = MetricDef(
+    "ProtectedTasks", Unit.COUNT,
+    "Tasks of the service under ECS scale-in protection because their worker holds a flow run")
+UNMAPPED_FLOW_RUNS = MetricDef(
+    "UnmappedFlowRuns", Unit.COUNT,
+    "In-flight runs of the service's queues whose worker name carries no ECS task ID: their task cannot be "
+    "protected (fix the worker's start command)")
+SERVICE_METRICS = (BACKLOG_PER_TASK, DEMAND_FLOW_RUNS, TASK_SHORTFALL, RUNNING_TASKS, DESIRED_TASKS, PROTECTED_TASKS,
+                   UNMAPPED_FLOW_RUNS)
 
 # Per publisher (one per stack); dimension Publisher.
 QUEUES_READ = MetricDef("QueuesRead", Unit.COUNT, "Configured queues whose backlog was read and published")
@@ -81,7 +94,14 @@ TICK_DURATION = MetricDef("PublisherDuration", Unit.MILLISECONDS, "Time one publ
 RESCHEDULED_FLOW_RUNS = MetricDef(
     "RescheduledFlowRuns", Unit.COUNT,
     "Stuck Pending runs set back to Scheduled this run (only with rescheduleStuckPending)")
-PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_DURATION, RESCHEDULED_FLOW_RUNS)
+PROTECTION_ERRORS = MetricDef(
+    "ProtectionErrors", Unit.COUNT,
+    "ECS task reads or task-protection calls that failed this run; protection was left as it was")
+CRASHED_FLOW_RUNS = MetricDef(
+    "CrashedFlowRuns", Unit.COUNT,
+    "Orphaned runs set to Crashed this run (only with crashOrphanedRuns)")
+PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_DURATION, RESCHEDULED_FLOW_RUNS,
+                     PROTECTION_ERRORS, ORPHANED_FLOW_RUNS, CRASHED_FLOW_RUNS)
 
 
 def queue_dimensions(work_pool: str, work_queue: str) -> dict[str, str]:

@@ -1,7 +1,11 @@
-"""One publisher run: read every queue, compute the figures, publish them.
+"""One publisher sample: read Prefect, decide, act on AWS, publish. The handler and the dry run both run it.
 
-The Lambda handler and the local dry-run command both call into this module, so
-what the dry run prints is what the Lambda would publish.
+The order follows the data: the queues are resolved, then their runs and their
+pools' workers are read at the same time (ECS task counts meanwhile); the
+tasks of services whose workers hold runs are checked and protected (which
+also finds orphaned runs, whose process died with their task); then demand and
+the signals are computed and everything is published at once. What the dry
+run prints is what the Lambda would publish.
 """
 
 from __future__ import annotations
@@ -11,24 +15,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
-from prefect_backlog import metrics
-from prefect_backlog.aws.cloudwatch import CloudWatchClient, Datum, put_metric_data
-from prefect_backlog.aws.ecs import EcsClient, EcsReadError, TaskCounts, describe_services
-from prefect_backlog.backlog import (
-    QueueBacklog,
-    QueueCounts,
-    ServiceSignal,
-    limit_reached,
-    queue_demand,
-    seconds_since,
-    service_signal,
-    sum_demand,
-)
+from prefect_backlog.aws.cloudwatch import CloudWatchClient, put_metric_data
+from prefect_backlog.aws.ecs import EcsTaskClient, describe_services
+from prefect_backlog.aws.task_protection import ProtectionLedger, ServiceProtection, reconcile
+from prefect_backlog.backlog import QueueCounts, RunFacts, limit_reached
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 from prefect_backlog.fanout import Fanout
-from prefect_backlog.prefect_api import PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
+from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
+from prefect_backlog.protection import Holding, holding_runs, orphaned_in_a_row
+from prefect_backlog.remediation import crash_orphaned_runs, reschedule_stuck_runs
+from prefect_backlog.report import QueueResult, TickReport, compute_services, metric_data
 
 log = logging.getLogger("prefect_backlog")
 T = TypeVar("T")
@@ -37,64 +35,19 @@ T = TypeVar("T")
 # the publish past the next sample or the Lambda timeout.
 PUBLISH_RESERVE_SECONDS = 3.0
 
-
-@dataclass(frozen=True)
-class QueueResult:
-    config: QueueConfig
-    resolved: ResolvedQueue | None = None
-    backlog: QueueBacklog | None = None
-    error: str | None = None
-
-    @property
-    def demand(self) -> int | None:
-        if self.backlog is None:
-            return None
-        return queue_demand(self.backlog, self.config.runs_in_worker_task)
-
-
-@dataclass(frozen=True)
-class ServiceResult:
-    config: ServiceConfig
-    demand: int | None
-    signal: ServiceSignal | None = None
-    error: str | None = None
+# "apply": protect and release tasks (the Lambda). "read": read ECS and report what would change (a dry
+# run with --ecs). "off": no task-level ECS call at all (a dry run with assumed task counts).
+ProtectionMode = Literal["apply", "read", "off"]
 
 
 @dataclass
-class TickReport:
-    now: datetime
-    queues: list[QueueResult]
-    services: list[ServiceResult] = field(default_factory=list)
-    pools: dict[str, PoolWorkers | PrefectError] = field(default_factory=dict)
-    whole_failure: str | None = None  # set when nothing could be read at all
-    rescheduled: int = 0
-    prefect_requests: int = 0
-    put_metric_data_calls: int = 0
-    duration_ms: float = 0.0
+class WarmState:
+    """What a warm Lambda container keeps between samples; a cold start loses it, at a cost in calls only."""
 
-    @property
-    def queue_errors(self) -> int:
-        return sum(1 for q in self.queues if q.error is not None)
-
-    @property
-    def queues_read(self) -> int:
-        return len(self.queues) - self.queue_errors
-
-    @property
-    def service_errors(self) -> int:
-        return sum(1 for s in self.services if s.error is not None)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "queuesRead": self.queues_read,
-            "queueReadErrors": self.queue_errors,
-            "serviceReadErrors": self.service_errors,
-            "prefectRequests": self.prefect_requests,
-            "rescheduledFlowRuns": self.rescheduled,
-            "putMetricDataCalls": self.put_metric_data_calls,
-            "durationMs": round(self.duration_ms, 1),
-            **({"wholeFailure": self.whole_failure} if self.whole_failure else {}),
-        }
+    depth: DepthMemory = field(default_factory=DepthMemory)
+    protection: ProtectionLedger = field(default_factory=ProtectionLedger)
+    orphaned: set[str] = field(default_factory=set)  # ids of the runs found orphaned in the last sample
+    unlabelled_noted: bool = False  # told once per container that Prefect 2.x runs carry no worker
 
 
 class PrefectReads(NamedTuple):
@@ -160,102 +113,164 @@ def _queue_results(config: Config, resolved: Mapping[int, ResolvedQueue | Prefec
             backlog = read.with_queue_state(
                 now, paused=outcome.paused, queue_limit=outcome.concurrency_limit,
                 pool_limit_full=limit_reached(outcome.pool_concurrency_limit, outcome.pool_active_slots))
-            results.append(QueueResult(config=queue, resolved=outcome, backlog=backlog))
+            results.append(QueueResult(config=queue, resolved=outcome, counts=read, backlog=backlog))
     return results
 
 
-def compute_services(config: Config, queues: Sequence[QueueResult],
-                     task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError]) -> list[ServiceResult]:
-    demands = {q.config.index: q.demand for q in queues}
-    results = []
-    for service in config.services:
-        demand = sum_demand(demands, service.queue_indexes)
-        tasks = task_counts.get(service.key)
-        if demand is None:
-            failed = [q.config.label for q in queues if q.config.index in service.queue_indexes and q.error]
-            results.append(ServiceResult(service, None, error=f"demand unknown: {', '.join(failed)} unread"))
-        elif not isinstance(tasks, TaskCounts):
-            results.append(ServiceResult(service, demand, error=str(tasks or "no task counts")))
+# --- task protection and orphaned runs ----------------------------------------------------------
+
+
+@dataclass
+class ProtectionStep:
+    """The protection step of one sample: per service what was found and done, and the runs found orphaned."""
+
+    services: dict[tuple[str, str], tuple[ServiceProtection, int]] = field(default_factory=dict)
+    orphaned: list[tuple[QueueConfig, RunFacts]] = field(default_factory=list)
+    errors: int = 0
+    calls: int = 0
+
+
+def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueResult], ecs: EcsTaskClient,
+                  fanout: Fanout, warm: WarmState, now: datetime, mode: ProtectionMode) -> ProtectionStep:
+    """Protect every task whose worker holds a run, release the others, and find the orphaned runs.
+
+    A service is left exactly as it is when any of its queues was not read
+    (its runs are unknown, so nothing may be released), and when the runs
+    carry no worker at all (Prefect 2.x agents label nothing).
+    """
+    step = ProtectionStep()
+    if mode == "off":
+        return step
+    by_index = {q.config.index: q for q in queues}
+    candidates = [s for s in config.services if s.task_protection
+                  and all(by_index[i].counts is not None for i in s.queue_indexes)]
+    runs = _in_flight_runs(client, [by_index[i] for s in candidates for i in s.queue_indexes], now, fanout)
+    holdings: dict[tuple[str, str], Holding] = {}
+    for service in candidates:
+        mine = [(runs.get(i), by_index[i].config.runs_in_worker_task) for i in service.queue_indexes]
+        known = [(listed, in_task) for listed, in_task in mine if listed is not None]
+        if len(known) < len(mine):
+            continue  # the listing of its runs failed: leave its tasks as they are
+        holding = holding_runs(known, now)
+        if holding.unlabelled:
+            _note_unlabelled(warm, service)
+            continue
+        holdings[service.key] = holding
+        _log_unmapped(service, holding, by_index)
+
+    outcomes = fanout.map(
+        lambda key: reconcile(ecs, key, holdings[key], warm.protection, now=now,
+                              sample_interval_seconds=config.sample_interval_seconds, apply=mode == "apply"),
+        list(holdings))
+    queue_of_run = {q.resolved.id: q for q in queues if q.resolved is not None}
+    for key, outcome in zip(holdings, outcomes, strict=True):
+        step.services[key] = (outcome, len(holdings[key].unmapped))
+        step.calls += outcome.calls
+        step.errors += len(outcome.errors)
+        for error in outcome.errors:
+            log.warning(f"task protection: {error}; left as it was", extra={"ecs_service": "/".join(key),
+                                                                            "cause": error})
+        step.orphaned += [(queue_of_run[run.queue_id].config, run) for run in outcome.orphaned
+                          if run.queue_id in queue_of_run]
+        if outcome.protect or outcome.release:
+            verb = "protected" if mode == "apply" else "would protect"
+            log.info(f"ECS service {'/'.join(key)}: {verb} {len(outcome.protect)} busy task(s), "
+                     f"released {len(outcome.release)} idle one(s)",
+                     extra={"ecs_service": "/".join(key), "protected": list(outcome.protect),
+                            "released": list(outcome.release)})
+    return step
+
+
+def _in_flight_runs(client: PrefectClient, queues: Sequence[QueueResult], now: datetime,
+                    fanout: Fanout) -> dict[int, tuple[RunFacts, ...] | None]:
+    """Each queue's in-flight runs: as the count read listed them, or read now where it only counted them."""
+    listed: dict[int, tuple[RunFacts, ...] | None] = {}
+    unlisted = []
+    for queue in queues:
+        assert queue.counts is not None and queue.resolved is not None
+        if queue.counts.in_flight_runs is None:
+            unlisted.append(queue)
         else:
-            signal = service_signal(demand, tasks.running, tasks.desired, service.target_backlog_per_task,
-                                    service.max_capacity)
-            results.append(ServiceResult(service, demand, signal=signal))
-    return results
+            listed[queue.config.index] = queue.counts.in_flight_runs
+    if unlisted:
+        read = client.read_in_flight([q.resolved for q in unlisted if q.resolved], now, fanout)
+        for queue in unlisted:
+            assert queue.resolved is not None
+            found = read.get(queue.resolved.id)
+            listed[queue.config.index] = None if isinstance(found, PrefectError) or found is None else found
+    return listed
 
 
-def metric_data(report: TickReport, publisher: str) -> list[Datum]:
-    """Everything one run publishes. A queue or service that was not read contributes nothing."""
-    data: list[Datum] = []
-    for queue in report.queues:
-        if queue.backlog is None or queue.resolved is None:
-            continue
-        dims = metrics.queue_dimensions(queue.resolved.pool, queue.resolved.name)
-        b = queue.backlog
-        data += [
-            Datum(metrics.LATE_FLOW_RUNS, dims, b.late),
-            Datum(metrics.DUE_FLOW_RUNS, dims, b.due),
-            Datum(metrics.PENDING_FLOW_RUNS, dims, b.pending),
-            Datum(metrics.RUNNING_FLOW_RUNS, dims, b.running),
-            Datum(metrics.OLDEST_LATE_RUN_AGE, dims, b.oldest_late_age_seconds),
-            Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
-            Datum(metrics.STUCK_PENDING_FLOW_RUNS, dims, b.stuck_pending),
-            Datum(metrics.CONCURRENCY_LIMITED, dims, int(b.concurrency_limited)),
-        ]
-        polled = seconds_since(queue.resolved.last_polled or queue.resolved.created, report.now)
-        if polled is not None:
-            data.append(Datum(metrics.SECONDS_SINCE_LAST_POLLED, dims, polled))
-    for pool, workers in report.pools.items():
-        if isinstance(workers, PrefectError):
-            continue
-        dims = metrics.pool_dimensions(pool)
-        data.append(Datum(metrics.ONLINE_WORKERS, dims, workers.online))
-        heartbeat_age = seconds_since(workers.newest_heartbeat, report.now)
-        if heartbeat_age is not None:
-            data.append(Datum(metrics.SECONDS_SINCE_WORKER_HEARTBEAT, dims, heartbeat_age))
-    for service in report.services:
-        if service.signal is None:
-            continue
-        dims = metrics.service_dimensions(*service.config.key)
-        s = service.signal
-        data += [
-            Datum(metrics.BACKLOG_PER_TASK, dims, s.backlog_per_task),
-            Datum(metrics.DEMAND_FLOW_RUNS, dims, s.demand),
-            Datum(metrics.TASK_SHORTFALL, dims, s.task_shortfall),
-            Datum(metrics.RUNNING_TASKS, dims, s.running_tasks),
-            Datum(metrics.DESIRED_TASKS, dims, s.desired_tasks),
-        ]
-    dims = metrics.publisher_dimensions(publisher)
-    data += [
-        Datum(metrics.QUEUES_READ, dims, report.queues_read),
-        Datum(metrics.QUEUE_READ_ERRORS, dims, report.queue_errors),
-        Datum(metrics.SERVICE_READ_ERRORS, dims, report.service_errors),
-        Datum(metrics.TICK_DURATION, dims, report.duration_ms),
-    ]
-    if report.rescheduled:
-        data.append(Datum(metrics.RESCHEDULED_FLOW_RUNS, dims, report.rescheduled))
-    return data
+def _note_unlabelled(warm: WarmState, service: ServiceConfig) -> None:
+    if not warm.unlabelled_noted:
+        warm.unlabelled_noted = True
+        log.info(f"ECS service {service.path}: its flow runs carry no worker labels (Prefect 2.x agents), so no "
+                 "task can be protected from scale-in; scaling still counts their runs as demand")
 
 
-def run_tick(config: Config, client: PrefectClient, *, ecs: EcsClient, cloudwatch: CloudWatchClient | None,
-             now: datetime) -> TickReport:
-    """Read, compute and (when ``cloudwatch`` is given) publish one sample of every metric.
+def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[int, QueueResult]) -> None:
+    if not holding.unmapped:
+        return
+    queue_ids = {run.queue_id for run in holding.unmapped}
+    queues = ", ".join(q.config.path for i in service.queue_indexes
+                       if (q := by_index[i]).resolved is not None and q.resolved.id in queue_ids)
+    example = next((r.worker_name for r in holding.unmapped if r.worker_name), None)
+    log.warning(
+        f"ECS service {service.path}: {len(holding.unmapped)} in-flight run(s) of {queues} come from workers whose "
+        f"name holds no ECS task ID (e.g. {example!r}), so their tasks cannot be protected from scale-in; start "
+        "the worker with its task ID in its name: prefect worker start ... --name \"ecs-$(curl -s "
+        "$ECS_CONTAINER_METADATA_URI_V4/task | python3 -c 'import json,sys; print(json.load(sys.stdin)"
+        "[\\\"TaskARN\\\"].rsplit(\\\"/\\\", 1)[1])')\"",
+        extra={"ecs_service": service.path, "unmapped": len(holding.unmapped), "queues": queues})
 
-    Everything the sample does at the same time runs on one :class:`Fanout`,
-    bounded at the client's request concurrency.
+
+def _with_orphans(queues: Sequence[QueueResult], config: Config, step: ProtectionStep) -> list[QueueResult]:
+    """The queues with their orphaned runs counted, where their service's tasks were checked."""
+    checked = {i for s in config.services if (found := step.services.get(s.key)) and found[0].checked
+               for i in s.queue_indexes}
+    orphaned: dict[int, int] = {}
+    for queue, _ in step.orphaned:
+        orphaned[queue.index] = orphaned.get(queue.index, 0) + 1
+    return [q.with_orphans(orphaned.get(q.config.index, 0)) if q.config.index in checked else q for q in queues]
+
+
+# --- one sample -------------------------------------------------------------------------------
+
+
+def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloudwatch: CloudWatchClient | None,
+             now: datetime, warm: WarmState | None = None, protection: ProtectionMode = "apply",
+             writes: bool = True) -> TickReport:
+    """Read, decide, act and (when ``cloudwatch`` is given) publish one sample of every metric.
+
+    ``protection`` needs an ECS client with the task-level calls unless it is
+    "off"; ``writes`` False makes no change in Prefect (a dry run). Everything
+    the sample does at the same time runs on one :class:`Fanout`, bounded at
+    the client's request concurrency.
     """
     started = time.monotonic()
+    warm = warm if warm is not None else WarmState(depth=client.depth_memory)
     with Fanout(client.max_concurrency) as fanout:
         # ECS task counts do not depend on Prefect: ask for them first so that round trip hides
         # behind the Prefect reads. describe_services reports per-service failures in its result;
         # anything else it raises surfaces from .result(), after any Prefect error.
         ecs_read = fanout.submit(lambda: describe_services(ecs, [s.key for s in config.services]))
         queues, pools, whole_failure = read_prefect(config, client, now, fanout)
+        step = ProtectionStep() if whole_failure else protect_tasks(
+            config, client, queues, ecs, fanout, warm, now, protection)
+        queues = _with_orphans(queues, config, step)
         task_counts = ecs_read.result()
-        report = TickReport(now=now, queues=queues, services=compute_services(config, queues, task_counts),
-                            pools=pools, whole_failure=whole_failure)
+        report = TickReport(now=now, queues=queues, pools=pools, whole_failure=whole_failure,
+                            services=compute_services(config, queues, task_counts, step.services),
+                            protection_errors=step.errors, ecs_task_calls=step.calls)
         _log_unread(report)
-        if config.reschedule_stuck_pending:
-            report.rescheduled = reschedule_stuck_runs(config, client, queues, now)
+        if writes and config.reschedule_stuck_pending:
+            stuck = [(q.config, run_id) for q in queues if q.backlog for run_id in q.backlog.stuck_pending_ids]
+            report.rescheduled = reschedule_stuck_runs(config, client, stuck, now)
+        orphaned_twice = orphaned_in_a_row(warm.orphaned, [run for _, run in step.orphaned])
+        if writes and config.crash_orphaned_runs and orphaned_twice:
+            twice = {run.id for run in orphaned_twice}
+            report.crashed = crash_orphaned_runs(config, client, [(q, r) for q, r in step.orphaned if r.id in twice])
+        warm.orphaned = {run.id for _, run in step.orphaned}
         report.prefect_requests = client.requests_sent
         report.duration_ms = (time.monotonic() - started) * 1000
         if cloudwatch is not None:
@@ -283,32 +298,9 @@ def _log_unread(report: TickReport) -> None:
                         extra={"ecs_service": service.config.path, "cause": service.error})
 
 
-def reschedule_stuck_runs(config: Config, client: PrefectClient, queues: Sequence[QueueResult],
-                          now: datetime) -> int:
-    """Opt-in remediation: stuck Pending runs back to Scheduled, at most ``max_reschedules_per_run``."""
-    stuck = [(q, run_id) for q in queues if q.backlog for run_id in q.backlog.stuck_pending_ids]
-    rescheduled = 0
-    for queue, run_id in stuck[:config.max_reschedules_per_run]:
-        try:
-            accepted = client.reschedule_if_stuck(run_id, now, config.stuck_pending_seconds)
-        except PrefectError as exc:
-            log.warning("could not reschedule a stuck Pending run", extra={
-                "queue": queue.config.label, "flow_run_id": run_id, "cause": str(exc)})
-            continue
-        if accepted:
-            rescheduled += 1
-            log.info("rescheduled a stuck Pending run", extra={
-                "queue": queue.config.label, "flow_run_id": run_id,
-                "stuck_after_seconds": config.stuck_pending_seconds})
-    if len(stuck) > config.max_reschedules_per_run:
-        log.warning("more stuck Pending runs than one run may reschedule", extra={
-            "stuck": len(stuck), "max_reschedules_per_run": config.max_reschedules_per_run})
-    return rescheduled
-
-
-def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *, ecs: EcsClient,
-                cloudwatch: CloudWatchClient,
-                deadline: float, wall_clock: Callable[[], datetime], clock: Callable[[], float] = time.monotonic,
+def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *, ecs: EcsTaskClient,
+                cloudwatch: CloudWatchClient, deadline: float, wall_clock: Callable[[], datetime],
+                warm: WarmState | None = None, clock: Callable[[], float] = time.monotonic,
                 sleep: Callable[[float], None] = time.sleep) -> list[TickReport]:
     """One invocation: a single tick, or in fast mode one every 10 s until the next invocation is due.
 
@@ -327,5 +319,5 @@ def run_samples(config: Config, new_client: Callable[[float], PrefectClient], *,
         if slot_start > clock():
             sleep(slot_start - clock())
         reports.append(run_tick(config, new_client(read_deadline), ecs=ecs, cloudwatch=cloudwatch,
-                                now=wall_clock()))
+                                now=wall_clock(), warm=warm))
     return reports

@@ -31,8 +31,8 @@ SETTINGS: dict[str, Any] = {
     "queues": [
         {"workPool": "ecs-pool", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker",
          "minCapacity": 1, "maxCapacity": 4, "targetBacklogPerTask": 10},
-        {"workPool": "process-pool", "workQueue": "default", "cluster": "prefect", "service": "process-worker",
-         "maxCapacity": 6, "targetBacklogPerTask": 2, "runsInWorkerTask": True},
+        {"workPool": "process-pool", "workQueue": "default", "cluster": "processes", "service": "process-worker",
+         "maxCapacity": 6, "targetBacklogPerTask": 2, "runsInWorkerTask": True, "taskProtection": False},
     ],
     "prefectAuth": {"secret": SECRET_ARN, "scheme": "basic"},
     "network": {"subnetIds": ["subnet-0a1b2c3d", "subnet-0e1f2a3b"], "securityGroupIds": ["sg-0123abcd"]},
@@ -48,6 +48,8 @@ SETTINGS: dict[str, Any] = {
     "unpolledAlarmSeconds": 240,
     "alarmEmail": "ops@example.com",
     "monitoringDetail": "pool",
+    "crashOrphanedRuns": True,
+    "maxCrashesPerRun": 3,
 }
 
 
@@ -124,9 +126,12 @@ def test_the_template_shows_every_structured_setting(both_forms: tuple[dict[str,
     assert secret_reads and all(SECRET_ARN in json.dumps(s["Resource"]) for s in secret_reads)
     (logs,) = [r["Properties"] for r in resources if r["Type"] == "AWS::Logs::LogGroup"]
     assert logs["RetentionInDays"] == 14  # logRetentionDays=14 arrived as a number
+    (task_calls,) = [s for s in statements if "ecs:UpdateTaskProtection" in json.dumps(s["Action"])]
+    assert ":task/prefect/*" in json.dumps(task_calls["Resource"])
+    assert ":task/processes/" not in json.dumps(task_calls["Resource"])  # taskProtection false arrived as a boolean
     targets = sorted((r["Properties"]["ResourceId"], r["Properties"]["MinCapacity"], r["Properties"]["MaxCapacity"])
                      for r in resources if r["Type"] == "AWS::ApplicationAutoScaling::ScalableTarget")
-    assert targets == [("service/prefect/ecs-worker", 1, 4), ("service/prefect/process-worker", 0, 6)]
+    assert targets == [("service/prefect/ecs-worker", 1, 4), ("service/processes/process-worker", 0, 6)]
     alarm_names = [r["Properties"].get("AlarmName", "") for r in resources if r["Type"] == "AWS::CloudWatch::Alarm"]
     assert "StagingAutoscaler oldest Late run in pool ecs-pool" in alarm_names  # monitoringDetail "pool"
     (subscription,) = [r["Properties"] for r in resources if r["Type"] == "AWS::SNS::Subscription"]

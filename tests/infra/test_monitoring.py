@@ -131,7 +131,7 @@ def test_dashboard_shows_every_alarm_and_the_scale_out_alarms(full: Template) ->
     body = dashboard_body(full)
     shown = [k for k, p in monitoring_alarms(full).items() if "composite alarm" not in flatten(p["AlarmDescription"])]
     scale_out = full.find_resources("AWS::CloudWatch::Alarm", {"Properties": {"MetricName": "TaskShortfall"}})
-    assert len(shown) == 10 and len(scale_out) == 2
+    assert len(shown) == 11 and len(scale_out) == 2
     for logical_id in [*shown, *scale_out]:
         assert f'"Fn::GetAtt": ["{logical_id}", "Arn"]' in body, logical_id
 
@@ -140,10 +140,10 @@ def test_dashboard_shows_every_alarm_and_the_scale_out_alarms(full: Template) ->
 
 
 def test_alarm_set_per_queue_service_and_publisher(plain: Template, full: Template) -> None:
-    # publisher failing + silent; per queue oldest Late, blocked backlog, workers; per service at-max
-    assert len(monitoring_alarms(plain)) == 2 + 3 + 1
+    # publisher failing + silent + orphaned runs; per queue oldest Late, blocked backlog, workers; per service at-max
+    assert len(monitoring_alarms(plain)) == 3 + 3 + 1
     # the queue without workPool: blocked backlog and workers are composites over three Metrics Insights alarms each
-    assert len(monitoring_alarms(full)) == 2 + 3 + (1 + 4 + 4) + 2 * 1
+    assert len(monitoring_alarms(full)) == 3 + 3 + (1 + 4 + 4) + 2 * 1
     full.resource_count_is("AWS::CloudWatch::CompositeAlarm", 2)
     plain.resource_count_is("AWS::CloudWatch::CompositeAlarm", 0)
 
@@ -168,7 +168,8 @@ def test_publisher_failing_alarm(plain: Template) -> None:
     assert (props["DatapointsToAlarm"], props["EvaluationPeriods"]) == (2, 3)
     by_id = {m["Id"]: m for m in props["Metrics"]}
     (expression,) = [m for m in props["Metrics"] if m.get("ReturnData")]
-    assert expression["Expression"] == "FILL(lambdaErrors, 0) + FILL(queueReadErrors, 0) + FILL(serviceReadErrors, 0)"
+    assert expression["Expression"] == ("FILL(lambdaErrors, 0) + FILL(queueReadErrors, 0) + FILL(serviceReadErrors, 0) "
+                                        "+ FILL(protectionErrors, 0)")
     assert by_id["lambdaErrors"]["MetricStat"]["Metric"]["Namespace"] == "AWS/Lambda"
     assert by_id["lambdaErrors"]["MetricStat"]["Stat"] == "Sum"
     assert by_id["queueReadErrors"]["MetricStat"]["Metric"] == {
@@ -289,7 +290,7 @@ def test_alarm_email_subscribes_to_one_topic_that_every_alarm_notifies(full: Tem
         "Protocol": "email", "Endpoint": "ops@example.com", "TopicArn": topic_ref(full)})
     notifying = {k: p for k, p in monitoring_alarms(full).items()
                  if "composite alarm" not in flatten(p["AlarmDescription"])}
-    assert len(notifying) == 10
+    assert len(notifying) == 11
     for logical_id, props in notifying.items():
         assert props["AlarmActions"] == [topic_ref(full)] and props["OKActions"] == [topic_ref(full)], logical_id
 
@@ -412,8 +413,8 @@ def test_a_fleet_too_big_for_per_queue_monitoring_fits_one_stack_per_pool(fleet:
     body = template.to_json()
     assert len(body["Resources"]) <= 500 and stack.monitoring.widget_count <= 500
     ours = monitoring_alarms(template)
-    # per pool: oldest Late and stuck Pending; per service: at max capacity; the publisher's two
-    assert len(ours) == 2 * FLEET_POOLS + FLEET_SERVICES + 2
+    # per pool: oldest Late and stuck Pending; per service: at max capacity; the publisher's three
+    assert len(ours) == 2 * FLEET_POOLS + FLEET_SERVICES + 3
     assert not [a for a in ours.values() if re.search(r"/q\d+\b", a["AlarmName"])]  # no per-queue alarm
     assert cfn_lint_errors(body) == []
 
@@ -439,3 +440,12 @@ def test_pool_rows_show_each_queue_of_the_pool_with_search(fleet: tuple[Any, Tem
               "WorkPool=\\\"pool-0\\\"', 'Maximum', 60)")
     assert search in dashboard
     assert "## Queue" not in dashboard  # no per-queue rows
+
+
+def test_one_alarm_for_runs_left_orphaned_by_a_stopped_task(plain: Template) -> None:
+    props = alarm(plain, "Plain orphaned flow runs")
+    assert (props["MetricName"], props["Dimensions"]) == (
+        "OrphanedFlowRuns", [{"Name": "Publisher", "Value": "Plain"}])
+    assert (props["Threshold"], props["EvaluationPeriods"], props["DatapointsToAlarm"], props["TreatMissingData"]) == (
+        0, 5, 5, "missing")
+    assert "crashOrphanedRuns" in props["AlarmDescription"]

@@ -99,6 +99,24 @@ def test_iam_is_least_privilege(several: Any) -> None:
     assert not any(a.endswith(":*") or a == "*" for a in all_actions)
 
 
+def test_task_protection_may_touch_only_the_configured_clusters_tasks(several: Any) -> None:
+    _, template = several
+    listing = statement_for(template, "ecs:ListTasks")
+    assert json.dumps(listing["Resource"]).count(":container-instance/") == 2
+    assert "ecs:cluster" in listing["Condition"]["ArnEquals"]
+    protection = statement_for(template, "ecs:UpdateTaskProtection")
+    assert set(protection["Action"]) == {"ecs:DescribeTasks", "ecs:GetTaskProtection", "ecs:UpdateTaskProtection"}
+    resources = json.dumps(protection["Resource"])
+    assert ":task/prefect/*" in resources and ":task/gpu-cluster/*" in resources and resources.count(":task/") == 2
+    assert '"*"' not in json.dumps([listing["Resource"], protection["Resource"]])
+
+
+def test_no_task_protection_rights_where_every_service_turns_it_off() -> None:
+    queues = [{**q, "taskProtection": False} for q in SEVERAL_QUEUES["queues"]]
+    _, template = synth({**SEVERAL_QUEUES, "stackName": "NoProtection", "queues": queues})
+    assert not [s for s in statements(template) if "Task" in json.dumps(s["Action"])]
+
+
 def test_no_secret_access_without_prefect_auth(one: Any) -> None:
     _, template = one
     assert not [s for s in statements(template) if "secretsmanager" in json.dumps(s["Action"])]

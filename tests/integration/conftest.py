@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # helpers import as top-level modules in any import mode
-    sys.path.insert(0, str(HERE))
+from harness.backlog import BacklogClient
+from harness.prefect_server import PrefectServer
+from tests.support.moto_aws import MotoAws
+from tests.support.publisher_log import LogRecords
 
-from backlog import BacklogClient  # noqa: E402
-from prefect_server import PrefectServer  # noqa: E402
-
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTH_STRING = "prefect-admin:integration-secret"
 _VENV_ENV = {"2": "PREFECT2_VENV", "3": "PREFECT3_VENV"}
 
@@ -92,65 +87,6 @@ def client_for() -> Callable[[PrefectServer], BacklogClient]:
 
 # --- the publisher's AWS side (moto) and its log, for the publisher/fault/e2e tests ------------
 
-PUBLISHER = "IntegrationPublisher"  # stackName in the test configs: the Publisher dimension
-QUEUE_METRIC_NAMES = ("LateFlowRuns", "DueFlowRuns", "PendingFlowRuns", "RunningFlowRuns",
-                      "OldestLateRunAgeSeconds", "QueuePaused")
-SERVICE_METRIC_NAMES = ("BacklogPerTask", "DemandFlowRuns", "TaskShortfall", "RunningTasks", "DesiredTasks")
-
-
-class MotoAws:
-    """CloudWatch, ECS and Secrets Manager clients on moto, and read-back helpers for what was published."""
-
-    def __init__(self, ecs: Any, cloudwatch: Any, secrets: Any, namespace: str = "Prefect") -> None:
-        self.ecs, self.cloudwatch, self.secrets, self.namespace = ecs, cloudwatch, secrets, namespace
-        self._clusters: set[str] = set()
-
-    def service(self, cluster: str, name: str, tasks: int) -> None:
-        """An ACTIVE ECS service with ``tasks`` running and desired (moto: running = desired)."""
-        if cluster not in self._clusters:
-            self.ecs.create_cluster(clusterName=cluster)
-            self.ecs.register_task_definition(
-                family="worker", containerDefinitions=[{"name": "w", "image": "x", "memory": 128}])
-            self._clusters.add(cluster)
-        self.ecs.create_service(cluster=cluster, serviceName=name, taskDefinition="worker", desiredCount=0)
-        if tasks:
-            self.ecs.update_service(cluster=cluster, service=name, desiredCount=tasks)
-
-    def value(self, metric: str, **dimensions: str) -> float | None:
-        """The one value published for this metric and these dimensions, or None when nothing was.
-
-        Fails if more than one datum arrived (a run must publish each figure once).
-        """
-        now = datetime.now(UTC)
-        stats = self.cloudwatch.get_metric_statistics(
-            Namespace=self.namespace, MetricName=metric, Statistics=["Maximum", "Minimum", "SampleCount"],
-            Period=3600, StartTime=now - timedelta(minutes=20), EndTime=now + timedelta(minutes=20),
-            Dimensions=[{"Name": k, "Value": v} for k, v in dimensions.items()])
-        points = stats["Datapoints"]
-        if not points:
-            return None
-        assert len(points) == 1 and points[0]["SampleCount"] == 1, (metric, dimensions, points)
-        return float(points[0]["Maximum"])
-
-    def queue(self, pool: str, queue: str) -> dict[str, float | None]:
-        return {m: self.value(m, WorkPool=pool, WorkQueue=queue) for m in QUEUE_METRIC_NAMES}
-
-    def service_values(self, cluster: str, service: str) -> dict[str, float | None]:
-        return {m: self.value(m, ClusterName=cluster, ServiceName=service) for m in SERVICE_METRIC_NAMES}
-
-    def health(self, publisher: str = PUBLISHER) -> dict[str, float | None]:
-        return {m: self.value(m, Publisher=publisher)
-                for m in ("QueuesRead", "QueueReadErrors", "ServiceReadErrors", "PublisherDuration")}
-
-    def metrics_with(self, **dimensions: str) -> list[str]:
-        """Names of every metric CloudWatch holds with these dimension values (any data at all)."""
-        found = self.cloudwatch.list_metrics(
-            Namespace=self.namespace, Dimensions=[{"Name": k, "Value": v} for k, v in dimensions.items()])
-        return sorted(m["MetricName"] for m in found["Metrics"])
-
-    def nothing_for_queue(self, pool: str, queue: str) -> bool:
-        return self.metrics_with(WorkPool=pool, WorkQueue=queue) == []
-
 
 @pytest.fixture
 def aws() -> Iterator[MotoAws]:
@@ -160,25 +96,6 @@ def aws() -> Iterator[MotoAws]:
 
     with mock_aws():
         yield MotoAws(boto3.client("ecs"), boto3.client("cloudwatch"), boto3.client("secretsmanager"))
-
-
-class LogRecords(logging.Handler):
-    """Collects the publisher's log records (the Lambda's Powertools handler turns them into JSON lines)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def causes(self) -> dict[str, str]:
-        """queue label -> logged cause, from the "queue not read" warnings."""
-        return {str(r.queue): str(r.cause) for r in self.records if hasattr(r, "queue") and hasattr(r, "cause")}
-
-    def text(self) -> str:
-        return "\n".join(f"{r.getMessage()} {getattr(r, 'queue', '')} {getattr(r, 'cause', '')}"
-                         for r in self.records)
 
 
 @pytest.fixture

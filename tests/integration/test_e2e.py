@@ -36,10 +36,10 @@ from typing import Any
 import aws_cdk as cdk
 import boto3
 import pytest
-from backlog import DEFAULT_AGENT_POOL, BacklogClient
 from packaging.requirements import Requirement
-from prefect_server import PrefectServer, free_port
 
+from harness.backlog import DEFAULT_AGENT_POOL, BacklogClient
+from harness.prefect_server import PrefectServer, free_port
 from infra.packaging import build_package
 from infra.stack import PrefectAutoscalerStack
 from prefect_backlog.config import parse_config

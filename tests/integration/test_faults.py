@@ -26,23 +26,25 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from backlog import BacklogClient, Target
-from fault_proxy import Delay, Drop, FaultProxy, Hang, Respond, Rule, for_queues, path_is
-from prefect_server import PrefectServer, free_port
 
+from harness.backlog import BacklogClient, Target
+from harness.fault_proxy import Delay, Drop, FaultProxy, Hang, Respond, Rule, for_queues, path_is
+from harness.prefect_server import PrefectServer, free_port
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.prefect_api.transport import MAX_ATTEMPTS, READ_TIMEOUT_SECONDS
-from prefect_backlog.tick import TickReport, run_tick
+from prefect_backlog.report import TickReport
+from prefect_backlog.tick import run_tick
+from tests.support.moto_aws import PUBLISHER
 
 if TYPE_CHECKING:
-    from conftest import LogRecords, MotoAws
+    from tests.support.moto_aws import MotoAws
+    from tests.support.publisher_log import LogRecords
 
 pytestmark = pytest.mark.integration
 
 DEADLINE = 15.0  # the client's read deadline in these tests (the Lambda gives it ~47 s)
 OVERRUN = 1.5  # what the tick may take past the read deadline: ECS + PutMetricData on moto
-PUBLISHER = "IntegrationPublisher"
 CLUSTER = "prefect-faults"
 POOLS = 6
 LATE_AGE = timedelta(minutes=5)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from backlog import BacklogClient, Target, now_iso, parse_time, state_name, state_type
-from prefect_server import PrefectServer, basic_auth_header
+
+from harness.backlog import BacklogClient, Target, now_iso, parse_time, state_name, state_type
+from harness.prefect_server import PrefectServer, basic_auth_header
 
 pytestmark = pytest.mark.integration
 

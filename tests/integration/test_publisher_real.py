@@ -23,21 +23,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from backlog import DEFAULT_AGENT_POOL, BacklogClient, Target, now_iso, state_name, state_type
-from prefect_server import PrefectServer
 
+from harness.backlog import DEFAULT_AGENT_POOL, BacklogClient, Target, now_iso, state_name, state_type
+from harness.prefect_server import PrefectServer
 from prefect_backlog import handler
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory, PrefectClient
-from prefect_backlog.tick import TickReport, run_tick
+from prefect_backlog.report import TickReport
+from prefect_backlog.tick import run_tick
+from tests.support.lambda_context import FakeContext
+from tests.support.moto_aws import PUBLISHER
 
 if TYPE_CHECKING:
-    from conftest import LogRecords, MotoAws
+    from tests.support.moto_aws import MotoAws
+    from tests.support.publisher_log import LogRecords
 
 pytestmark = pytest.mark.integration
 
 ClientFor = Callable[[PrefectServer], BacklogClient]
-PUBLISHER = "IntegrationPublisher"
 CLUSTER = "prefect-it"
 AGE_SLACK = 5.0  # seconds of clock granularity and rounding allowed on top of the time the backlog has existed
 
@@ -222,16 +225,6 @@ def test_prefect2_agent_queues_without_work_pool(prefect2_server: PrefectServer,
 
 
 # --- the Lambda handler, with the basic-auth credential in Secrets Manager (3.x) ------------------
-
-
-class FakeContext:
-    function_name = "publisher"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:publisher"
-    aws_request_id = "req-integration"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 50_000
 
 
 @dataclass(frozen=True)

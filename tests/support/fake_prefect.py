@@ -54,7 +54,10 @@ class FakePrefect:
         return next(q["id"] for q in self.queues if q["work_pool_name"] == pool and q["name"] == name)
 
     def add_runs(self, pool: str, queue: str, count: int, state_type: str, state_name: str | None = None,
-                 *, minutes_ago: float = 5.0, in_state_for_minutes: float = 1.0) -> list[str]:
+                 *, minutes_ago: float = 5.0, in_state_for_minutes: float = 1.0,
+                 worker: str | None = None) -> list[str]:
+        """Runs of one queue; ``worker`` labels them as that worker's (``prefect.worker.name``, as 3.x does).
+        Without it a run carries no labels at all, as on Prefect 2.x."""
         when = (NOW - timedelta(minutes=minutes_ago)).isoformat()
         since = (NOW - timedelta(minutes=in_state_for_minutes)).isoformat()
         queue_id = self.queue_id(pool, queue)
@@ -66,7 +69,8 @@ class FakePrefect:
                               "state_type": state_type, "state_name": name,
                               "state": {"type": state_type, "name": name, "timestamp": since},
                               "next_scheduled_start_time": when if state_type == "SCHEDULED" else None,
-                              "expected_start_time": when})
+                              "expected_start_time": when,
+                              **({"labels": {"prefect.worker.name": worker}} if worker else {})})
         return ids
 
     def run(self, run_id: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import pytest
 
 from prefect_backlog import handler
 from prefect_backlog.config import parse_config
-from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory
+from prefect_backlog.prefect_api import PAGE_SIZE
+from prefect_backlog.tick import WarmState
 from tests.support.fake_prefect import NOW, PUBLISHER_CONTEXT, FakePrefect, failing
 from tests.support.lambda_context import FakeContext
 from tests.support.moto_aws import published
@@ -54,7 +55,7 @@ def test_handler_publishes_and_returns_a_summary(prefect: FakePrefect, aws: dict
 
 def test_a_warm_handler_remembers_a_deep_backlog_between_invocations(
         prefect: FakePrefect, aws: dict[str, Any], packaged_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handler, "DEPTH_MEMORY", DepthMemory())  # a fresh container
+    monkeypatch.setattr(handler, "WARM", WarmState())  # a fresh container
     packaged_config(CONTEXT)
     prefect.add_runs("pool-a", "default", 600, "SCHEDULED", "Late")
 

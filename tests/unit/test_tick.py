@@ -290,7 +290,7 @@ def test_opt_in_reschedules_stuck_runs_up_to_the_cap(prefect: FakePrefect, aws: 
     assert published(aws["cloudwatch"], "RescheduledFlowRuns", Publisher="TestPublisher") == 2
     logging.getLogger("prefect_backlog").removeHandler(caplog.handler)
     logs = caplog.text
-    assert logs.count("rescheduled a stuck Pending run") == 2
+    assert logs.count("rescheduled stuck Pending run") == 2
     assert "more stuck Pending runs than one run may reschedule" in logs
 
 

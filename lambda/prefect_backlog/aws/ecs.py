@@ -1,12 +1,23 @@
-"""ECS: the running and desired task counts of the configured services, in as few calls as the API allows."""
+"""ECS: the configured services' task counts, their tasks, and the tasks' scale-in protection.
+
+Every call is batched to its API maximum, so a tick adds as little as
+possible to the ECS API limits that users' own workers (RunTask,
+DescribeTasks) already press against in bursts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 MAX_SERVICES_PER_DESCRIBE = 10  # ECS DescribeServices' limit per request
+MAX_TASKS_PER_LIST = 100  # ListTasks' page
+MAX_TASKS_PER_DESCRIBE = 100  # DescribeTasks' limit
+MAX_TASKS_PER_PROTECTION_READ = 100  # GetTaskProtection's limit
+MAX_TASKS_PER_PROTECTION_UPDATE = 10  # UpdateTaskProtection's limit
+MAX_PROTECTION_MINUTES = 2880
 
 ServiceKey = tuple[str, str]  # (cluster, service)
 
@@ -15,6 +26,19 @@ class EcsClient(Protocol):
     """The ECS calls the publisher makes (a boto3 client, or a stand-in such as the dry run's)."""
 
     def describe_services(self, *, cluster: str, services: list[str]) -> Any: ...
+
+
+class EcsTaskClient(EcsClient, Protocol):
+    """The task-level calls of task protection (moto implements none of them; tests use a stand-in)."""
+
+    def list_tasks(self, **kwargs: Any) -> Any: ...
+
+    def describe_tasks(self, *, cluster: str, tasks: list[str]) -> Any: ...
+
+    def get_task_protection(self, *, cluster: str, tasks: list[str]) -> Any: ...
+
+    def update_task_protection(self, *, cluster: str, tasks: list[str], protectionEnabled: bool,
+                               expiresInMinutes: int = ...) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -51,3 +75,86 @@ def describe_services(ecs: EcsClient, services: Iterable[ServiceKey]) -> dict[Se
                 results.setdefault((cluster, name), EcsReadError(
                     f"DescribeServices {cluster}/{name}: no ACTIVE service by that name"))
     return results
+
+
+def task_id(arn: str) -> str:
+    """The task ID: the last path segment of a task ARN (``arn:aws:ecs:...:task/<cluster>/<id>``)."""
+    return arn.rsplit("/", 1)[-1]
+
+
+def _chunks(items: Iterable[str], size: int) -> list[list[str]]:
+    ordered = sorted(items)
+    return [ordered[start:start + size] for start in range(0, len(ordered), size)]
+
+
+def list_service_tasks(ecs: EcsTaskClient, cluster: str, service: str) -> frozenset[str]:
+    """IDs of the service's tasks whose desired status is RUNNING (provisioning, pending or running)."""
+    found: set[str] = set()
+    token: str | None = None
+    while True:
+        page = ecs.list_tasks(cluster=cluster, serviceName=service, desiredStatus="RUNNING",
+                              maxResults=MAX_TASKS_PER_LIST, **({"nextToken": token} if token else {}))
+        found.update(task_id(arn) for arn in page.get("taskArns", []))
+        token = page.get("nextToken")
+        if not token:
+            return frozenset(found)
+
+
+def gone_tasks(ecs: EcsTaskClient, cluster: str, task_ids: Iterable[str]) -> frozenset[str]:
+    """Of ``task_ids``, those ECS reports STOPPED or does not know (MISSING): their processes are gone."""
+    gone: set[str] = set()
+    for chunk in _chunks(task_ids, MAX_TASKS_PER_DESCRIBE):
+        response = ecs.describe_tasks(cluster=cluster, tasks=chunk)
+        gone.update(task_id(t["taskArn"]) for t in response.get("tasks", []) if t.get("lastStatus") == "STOPPED")
+        gone.update(task_id(f.get("arn", "")) for f in response.get("failures", []) if f.get("reason") == "MISSING")
+    return frozenset(gone)
+
+
+def read_protection(ecs: EcsTaskClient, cluster: str, task_ids: Iterable[str]) -> dict[str, datetime]:
+    """Which of ``task_ids`` are protected from scale-in, and until when."""
+    protected: dict[str, datetime] = {}
+    for chunk in _chunks(task_ids, MAX_TASKS_PER_PROTECTION_READ):
+        response = ecs.get_task_protection(cluster=cluster, tasks=chunk)
+        protected.update(_protected(response))
+    return protected
+
+
+@dataclass(frozen=True)
+class ProtectionUpdate:
+    """What UpdateTaskProtection did: the new expiry of each task it protected, and what it could not change."""
+
+    protected: dict[str, datetime]
+    released: frozenset[str]
+    failures: tuple[str, ...]  # "<task>: <reason>", or a whole call's error
+
+
+def update_protection(ecs: EcsTaskClient, cluster: str, *, protect: Iterable[str], release: Iterable[str],
+                      minutes: int) -> ProtectionUpdate:
+    """Protect ``protect`` for ``minutes`` (1-2880; calling again resets the expiry) and release ``release``,
+    10 tasks per call. A failed call leaves its tasks as they were and is reported, not raised."""
+    protected: dict[str, datetime] = {}
+    released: set[str] = set()
+    failures: list[str] = []
+    for enabled, tasks in ((True, protect), (False, release)):
+        for chunk in _chunks(tasks, MAX_TASKS_PER_PROTECTION_UPDATE):
+            arguments: dict[str, Any] = {"cluster": cluster, "tasks": chunk, "protectionEnabled": enabled}
+            if enabled:
+                arguments["expiresInMinutes"] = max(1, min(MAX_PROTECTION_MINUTES, minutes))
+            try:
+                response = ecs.update_task_protection(**arguments)
+            except Exception as exc:  # botocore's errors share no useful base beyond this
+                failures.append(f"UpdateTaskProtection {cluster} {', '.join(chunk)}: {exc}")
+                continue
+            failures += [f"{task_id(f.get('arn', ''))}: {f.get('reason')} {f.get('detail') or ''}".strip()
+                         for f in response.get("failures", [])]
+            changed = {task_id(t["taskArn"]) for t in response.get("protectedTasks", [])}
+            if enabled:
+                protected.update(_protected(response))
+            else:
+                released.update(changed)
+    return ProtectionUpdate(protected, frozenset(released), tuple(failures))
+
+
+def _protected(response: dict[str, Any]) -> dict[str, datetime]:
+    return {task_id(t["taskArn"]): t.get("expirationDate") or datetime.max.replace(tzinfo=UTC)
+            for t in response.get("protectedTasks", []) if t.get("protectionEnabled")}

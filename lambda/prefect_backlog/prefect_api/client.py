@@ -9,7 +9,7 @@ from datetime import datetime
 
 import requests
 
-from prefect_backlog.backlog import QueueCounts
+from prefect_backlog.backlog import QueueCounts, RunFacts
 from prefect_backlog.config import QueueConfig
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api import queries
@@ -62,5 +62,13 @@ class PrefectClient:
         with self._fanout(fanout) as pool:
             return queries.read_workers(self.http, pool, pools)
 
+    def read_in_flight(self, queues: Iterable[QueueScope], now: datetime,
+                       fanout: Fanout | None = None) -> dict[str, tuple[RunFacts, ...] | PrefectError]:
+        with self._fanout(fanout) as pool:
+            return RunReader(self.http, pool, self.depth_memory, now, 0).read_in_flight(queues)
+
     def reschedule_if_stuck(self, run_id: str, now: datetime, stuck_after_seconds: float) -> bool:
         return queries.reschedule_if_stuck(self.http, run_id, now, stuck_after_seconds)
+
+    def crash_if_orphaned(self, run: RunFacts, cause: str) -> bool:
+        return queries.crash_if_orphaned(self.http, run, cause)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from prefect_backlog.backlog import is_stuck_pending
+from prefect_backlog.backlog import RunFacts, is_stuck_pending
 from prefect_backlog.config import QueueConfig, queue_path
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api.runs import run_facts
@@ -127,4 +127,19 @@ def reschedule_if_stuck(http: PrefectHttp, run_id: str, now: datetime, stuck_aft
         return False
     result = http.request("POST", f"{path}/set_state",
                           {"state": {"type": "SCHEDULED", "name": "Scheduled"}, "force": False})
+    return isinstance(result, dict) and result.get("status") == "ACCEPT"
+
+
+def crash_if_orphaned(http: PrefectHttp, run: RunFacts, cause: str) -> bool:
+    """Set an orphaned run to Crashed so retries, automations and concurrency slots move on; True when accepted.
+
+    The run is read again first, and left alone unless it is still in flight under the same worker: a run
+    that finished, or that another worker picked up since (a resumed run gets a new submission), is not ours.
+    """
+    path = f"/flow_runs/{quote(run.id, safe='')}"
+    now = run_facts(http.request("GET", path))
+    if not now.in_flight or now.worker_name != run.worker_name:
+        return False
+    result = http.request("POST", f"{path}/set_state", {"state": {"type": "CRASHED", "name": "Crashed",
+                                                                  "message": cause}, "force": False})
     return isinstance(result, dict) and result.get("status") == "ACCEPT"

@@ -20,7 +20,15 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol, cast
 
-from prefect_backlog.backlog import DUE_STATE_NAMES, LATE_STATE_NAME, QueueCounts, RunFacts, summarize_runs
+from prefect_backlog.backlog import (
+    DUE_STATE_NAMES,
+    IN_FLIGHT_STATE_TYPES,
+    LATE_STATE_NAME,
+    PAUSED_STATE_NAME,
+    QueueCounts,
+    RunFacts,
+    summarize_runs,
+)
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api.transport import PAGE_SIZE, PrefectError, PrefectHttp, iso, parse_time, settled
 
@@ -31,12 +39,15 @@ PAGE_COST_IN_COUNTS = 12
 # Count mode reads the oldest Late run of all a pool's queues in one list of this many runs per queue
 # (runs of different queues interleave in time, so most queues show up in it).
 SHARED_LIST_RUNS_PER_QUEUE = 4
+WORKER_LABEL = "prefect.worker.name"  # stamped by Prefect 3.1.2+ workers on every run they submit
 
 
 def run_facts(run: dict[str, Any]) -> RunFacts:
     """The few fields of an API flow run that the model needs."""
     scheduled = parse_time(run.get("next_scheduled_start_time")) or parse_time(run.get("expected_start_time"))
     state = run.get("state") or {}
+    labels = run.get("labels")
+    worker = labels.get(WORKER_LABEL) if isinstance(labels, dict) else None
     return RunFacts(
         id=str(run["id"]),
         queue_id=str(run.get("work_queue_id")),
@@ -44,6 +55,8 @@ def run_facts(run: dict[str, Any]) -> RunFacts:
         state_name=str(run.get("state_name") or state.get("name")),
         scheduled_at=scheduled,
         state_since=parse_time(state.get("timestamp")),
+        worker_name=worker if isinstance(worker, str) else None,
+        labelled="labels" in run,
     )
 
 
@@ -72,6 +85,7 @@ class _Stream:
     counted: tuple[str, ...]  # the QueueCounts fields that add up to the runs of this stream
     split: tuple[_Stream, ...] = ()
     per_queue: tuple[_Lookup, ...] = ()
+    in_flight: bool = False  # its runs are in flight: counted per queue, they are not listed one by one
 
     def runs_in(self, counts: QueueCounts) -> int:
         return sum(getattr(counts, name) for name in self.counted)
@@ -92,20 +106,26 @@ def _streams(now: datetime) -> tuple[_Stream, _Stream]:
         return {"state": {"type": {"any_": list(types)}}}
 
     late, waiting = scheduled(LATE_STATE_NAME), scheduled(*(n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME))
-    pending, running = in_state("PENDING"), in_state("RUNNING")
+    pending, running, cancelling = in_state("PENDING"), in_state("RUNNING"), in_state("CANCELLING")
+    # Paused in their process; a Suspended run (also PAUSED) has left it. Counted by name (2.x has no
+    # not_any_), listed by type and told apart by the model.
+    paused = {"state": {"type": {"any_": ["PAUSED"]}, "name": {"any_": [PAUSED_STATE_NAME]}}}
     due = _Stream("due", scheduled(*DUE_STATE_NAMES), ("due",), split=(
         _Stream("late", late, ("late",), per_queue=(
             _Lookup(("late", "due"), late),
             _Lookup(("oldest_late_at",), late, list_sort="NEXT_SCHEDULED_START_TIME_ASC", list_limit=1,
                     only_if="late"))),
         _Stream("waiting", waiting, ("due",), per_queue=(_Lookup(("due",), waiting),))))
-    in_flight = _Stream("in-flight", in_state("PENDING", "RUNNING"), ("pending", "running"), split=(
+    in_flight = _Stream("in-flight", in_state(*IN_FLIGHT_STATE_TYPES),
+                        ("pending", "running", "cancelling", "paused_runs"), in_flight=True, split=(
         # Stuck runs are found among the longest-waiting Pending runs; more than a page of them
         # in one queue is reported as a page.
-        _Stream("pending", pending, ("pending",), per_queue=(
+        _Stream("pending", pending, ("pending",), in_flight=True, per_queue=(
             _Lookup(("pending",), pending),
             _Lookup(("stuck_pending_ids",), pending, list_sort="EXPECTED_START_TIME_ASC", only_if="pending"))),
-        _Stream("running", running, ("running",), per_queue=(_Lookup(("running",), running),))))
+        _Stream("running", running, ("running",), in_flight=True, per_queue=(_Lookup(("running",), running),)),
+        _Stream("stopping", in_state("CANCELLING", "PAUSED"), ("cancelling", "paused_runs"), in_flight=True,
+                per_queue=(_Lookup(("cancelling",), cancelling), _Lookup(("paused_runs",), paused)))))
     return due, in_flight
 
 
@@ -174,6 +194,25 @@ class RunReader:
                 else:
                     merged[queue_id] = previous + outcome[queue_id]
         return merged
+
+    def read_in_flight(self, queues: Iterable[QueueScope]) -> dict[str, tuple[RunFacts, ...] | PrefectError]:
+        """Per queue id, its in-flight runs one by one (with their workers), for queues whose runs were only
+        counted: task protection needs each run's worker. Paged per pool, so this costs pages, not queues."""
+        by_pool: dict[str, list[str]] = {}
+        for queue in queues:
+            by_pool.setdefault(queue.pool, []).append(queue.id)
+
+        def read(ids: list[str]) -> list[RunFacts]:
+            return [run_facts(run) for run in self.http.paged("/flow_runs/filter", {
+                "flow_runs": {"state": {"type": {"any_": list(IN_FLIGHT_STATE_TYPES)}}},
+                "work_pool_queues": {"id": {"any_": ids}}, "sort": "ID_DESC"})]
+
+        found: dict[str, tuple[RunFacts, ...] | PrefectError] = {}
+        for ids, runs in zip(by_pool.values(), self.fanout.map(settled(read), list(by_pool.values())), strict=True):
+            for queue_id in ids:
+                found[queue_id] = runs if isinstance(runs, PrefectError) else tuple(
+                    r for r in runs if r.queue_id == queue_id and r.in_flight)
+        return found
 
     def _summarize(self, runs: Iterable[RunFacts], queue_ids: list[str]) -> dict[str, QueueCounts]:
         return summarize_runs(runs, queue_ids, self.now, self.stuck_after_seconds)
@@ -283,7 +322,8 @@ class RunReader:
 
         for (queue_id, lookup), read in zip(own_lists, self.fanout.map(own_list, own_lists), strict=True):
             fields[queue_id].update({f: getattr(read, f) for f in lookup.fields})
-        return {queue_id: QueueCounts(**values) for queue_id, values in fields.items()}
+        listed: dict[str, Any] = {"in_flight_runs": None} if stream.in_flight else {}
+        return {queue_id: QueueCounts(**values, **listed) for queue_id, values in fields.items()}
 
     def _list_runs(self, queue_ids: list[str], lookup: _Lookup, limit: int) -> list[RunFacts]:
         body = {"flow_runs": lookup.flow_runs, "work_pool_queues": {"id": {"any_": queue_ids}},

@@ -1,0 +1,110 @@
+"""Task scale-in protection, applied: read a service's tasks, let the model decide, protect and release.
+
+Per service and sample: one ListTasks (per 100 tasks); DescribeTasks only for
+tasks that a run names but the list does not hold (to tell a stopped task from
+one that just started); UpdateTaskProtection only for what changes or must be
+refreshed (10 tasks per call); GetTaskProtection only the first time a
+container sees the service (afterwards the ledger knows what it set). A
+service with nothing to protect and nothing protected costs no call at all.
+
+A failed read or call never releases protection wholesale: what could not be
+done is left as it was (the expiry bounds the damage) and reported.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prefect_backlog.aws.ecs import (
+    MAX_PROTECTION_MINUTES,
+    EcsTaskClient,
+    ServiceKey,
+    gone_tasks,
+    list_service_tasks,
+    read_protection,
+    update_protection,
+)
+from prefect_backlog.backlog import RunFacts
+from prefect_backlog.protection import Holding, ServiceTasks, plan_protection, suspects
+
+# Protection lasts this many minutes past the next sample, and is refreshed once less than the margin
+# is left after the next sample: a publisher that stops leaves tasks protected a few minutes at most.
+EXPIRY_MINUTES_PAST_NEXT_SAMPLE = 4
+REFRESH_MARGIN = timedelta(minutes=2)
+
+
+def protection_minutes(sample_interval_seconds: int) -> int:
+    return min(MAX_PROTECTION_MINUTES, math.ceil(sample_interval_seconds / 60) + EXPIRY_MINUTES_PAST_NEXT_SAMPLE)
+
+
+class ProtectionLedger:
+    """What this container has seen protected, per service (a warm Lambda keeps it between samples)."""
+
+    def __init__(self) -> None:
+        self._protected: dict[ServiceKey, dict[str, datetime]] = {}
+        self._lock = threading.Lock()
+
+    def known(self, service: ServiceKey) -> dict[str, datetime] | None:
+        """The service's protected tasks and their expiry, or None before the first successful read."""
+        with self._lock:
+            protected = self._protected.get(service)
+            return None if protected is None else dict(protected)
+
+    def record(self, service: ServiceKey, protected: dict[str, datetime]) -> None:
+        with self._lock:
+            self._protected[service] = dict(protected)
+
+
+@dataclass(frozen=True)
+class ServiceProtection:
+    """What one service's protection step found and did this sample."""
+
+    orphaned: tuple[RunFacts, ...] = ()
+    protected: int | None = None  # tasks protected after this sample; None when it could not be known
+    protect: tuple[str, ...] = ()  # protected or refreshed now
+    release: tuple[str, ...] = ()  # released now
+    errors: tuple[str, ...] = ()
+    checked: bool = False  # ECS was asked (False: skipped, nothing could have changed; or the read failed)
+    calls: int = 0
+
+
+def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger: ProtectionLedger, *,
+              now: datetime, sample_interval_seconds: int, apply: bool = True) -> ServiceProtection:
+    """Protect the service's tasks that hold runs, release the others it had protected, and find orphans.
+
+    ``apply=False`` (a dry run) reads ECS and says what it would do, changing nothing.
+    """
+    cluster, name = service
+    known = ledger.known(service)
+    if known is not None and not known and not holding.mapped:
+        return ServiceProtection(protected=0)  # nothing protected, nothing to protect: nothing can have changed
+    calls = 0
+    try:
+        live = list_service_tasks(ecs, cluster, name)
+        calls += 1
+        protected = {t: until for t, until in (known or {}).items() if t in live}
+        if known is None:
+            protected = read_protection(ecs, cluster, live)
+            calls += 1
+        asked = suspects(holding, live)
+        gone = gone_tasks(ecs, cluster, asked) if asked else frozenset()
+        calls += 1 if asked else 0
+    except Exception as exc:  # botocore's errors share no useful base beyond this
+        return ServiceProtection(errors=(f"reading the tasks of ECS service {cluster}/{name}: {exc}",), calls=calls)
+
+    refresh_before = now + timedelta(seconds=sample_interval_seconds) + REFRESH_MARGIN
+    plan = plan_protection(holding, ServiceTasks(live, protected, gone), refresh_before=refresh_before)
+    if not apply:
+        return ServiceProtection(orphaned=plan.orphaned, protected=len(plan.protected_after), protect=plan.protect,
+                                 release=plan.release, checked=True, calls=calls)
+    update = update_protection(ecs, cluster, protect=plan.protect, release=plan.release,
+                               minutes=protection_minutes(sample_interval_seconds))
+    calls += math.ceil(len(plan.protect) / 10) + math.ceil(len(plan.release) / 10)
+    after = {t: until for t, until in protected.items() if t not in update.released} | update.protected
+    ledger.record(service, after)
+    return ServiceProtection(orphaned=plan.orphaned, protected=len(after), protect=tuple(sorted(update.protected)),
+                             release=tuple(sorted(update.released)), errors=update.failures, checked=True,
+                             calls=calls)

@@ -1,0 +1,129 @@
+"""Which ECS tasks hold a flow run: the pure rules behind task scale-in protection and orphaned runs.
+
+ECS picks which tasks a scale-in stops without knowing what they run, and a
+Process worker that gets SIGTERM interrupts its flows, which then stay Running
+forever. So every task whose worker holds a run is protected from scale-in,
+and released when it holds none. A run names its worker (label
+``prefect.worker.name``, Prefect 3.1.2+); a worker started with its ECS task
+ID in its name names its task.
+
+A task holds a run while the run's process lives in it: Pending, Running,
+Cancelling and Paused, when runs execute inside the worker task
+(``runsInWorkerTask``); otherwise only while Pending, the window in which the
+worker is still submitting the run as its own infrastructure, and a worker
+stopped then leaves the run stuck in Pending.
+
+A run whose task is confirmed gone (ECS answers STOPPED, or does not know
+the task) is orphaned: its process died with it. That is decided from the
+task's own status, never from its absence in a list read at another moment.
+Everything here is pure: runs and task facts in, decisions out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from prefect_backlog.backlog import RunFacts
+
+# The last path segment of a task ARN: 32 lowercase hex characters.
+TASK_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+# A worker writes its name label just after claiming a run: a run Pending for less than this may simply
+# not be labelled yet, and is not reported as unmapped.
+LABEL_GRACE_SECONDS = 30
+
+
+def task_id_of(worker_name: str | None) -> str | None:
+    """The ECS task ID a worker's name carries, if it carries exactly one."""
+    found = TASK_ID.findall(worker_name or "")
+    return found[0] if len(found) == 1 else None
+
+
+def holds_task(run: RunFacts, runs_in_worker_task: bool) -> bool:
+    """Whether the run still needs its worker's task: its process lives there, or it is still being submitted."""
+    if run.state_type == "PENDING":
+        return True
+    return runs_in_worker_task and run.in_flight
+
+
+@dataclass(frozen=True)
+class Holding:
+    """The runs of one ECS service's queues that hold a task, split by whether their task is known."""
+
+    mapped: Mapping[str, tuple[RunFacts, ...]]  # task id -> its runs
+    unmapped: tuple[RunFacts, ...]  # held by a worker whose name carries no task ID
+    unlabelled: bool  # the API carries no labels at all (Prefect 2.x): nothing can be mapped
+
+    @property
+    def busy_tasks(self) -> frozenset[str]:
+        return frozenset(self.mapped)
+
+
+def holding_runs(runs_by_queue: Iterable[tuple[Iterable[RunFacts], bool]], now: datetime) -> Holding:
+    """``runs_by_queue``: each queue's in-flight runs with its ``runsInWorkerTask``."""
+    mapped: dict[str, list[RunFacts]] = {}
+    unmapped: list[RunFacts] = []
+    unlabelled = False
+    for runs, in_task in runs_by_queue:
+        for run in runs:
+            if not holds_task(run, in_task):
+                continue
+            task_id = task_id_of(run.worker_name)
+            if task_id is not None:
+                mapped.setdefault(task_id, []).append(run)
+            elif not run.labelled:
+                unlabelled = True
+            elif not _may_be_unlabelled_yet(run, now):
+                unmapped.append(run)
+    return Holding({task: tuple(runs) for task, runs in mapped.items()}, tuple(unmapped), unlabelled)
+
+
+def _may_be_unlabelled_yet(run: RunFacts, now: datetime) -> bool:
+    return (run.worker_name is None and run.state_type == "PENDING" and run.state_since is not None
+            and run.state_since > now - timedelta(seconds=LABEL_GRACE_SECONDS))
+
+
+@dataclass(frozen=True)
+class ServiceTasks:
+    """What ECS says of one service's tasks in this sample."""
+
+    live: frozenset[str]  # the service's tasks whose desired status is RUNNING (ListTasks)
+    protected: Mapping[str, datetime]  # of those, the protected ones and when their protection expires
+    gone: frozenset[str] = frozenset()  # tasks asked about one by one (DescribeTasks): STOPPED, or unknown to ECS
+
+
+@dataclass(frozen=True)
+class ProtectionPlan:
+    protect: tuple[str, ...]  # enable, or refresh before it expires
+    release: tuple[str, ...]  # protected, but holding no run
+    orphaned: tuple[RunFacts, ...]  # runs whose task is gone
+    protected_after: frozenset[str] = field(default_factory=frozenset)  # what will be protected once applied
+
+
+def suspects(holding: Holding, tasks_live: frozenset[str]) -> frozenset[str]:
+    """Tasks named by a holding run but not among the service's live tasks: ask ECS about each one."""
+    return holding.busy_tasks - tasks_live
+
+
+def plan_protection(holding: Holding, tasks: ServiceTasks, *, refresh_before: datetime) -> ProtectionPlan:
+    """Protect every live task that holds a run (refreshing protection that expires before ``refresh_before``),
+    release every protected task that holds none, and name the runs whose task is gone.
+
+    A named task that is neither live nor gone (it started after the list was read, or belongs to another
+    service) is left alone: it is not ours to protect, and its runs are not orphaned.
+    """
+    busy = holding.busy_tasks & tasks.live
+    protect = sorted(t for t in busy if tasks.protected.get(t) is None or tasks.protected[t] < refresh_before)
+    release = sorted(t for t in tasks.protected if t in tasks.live and t not in busy)
+    orphaned = tuple(run for task in sorted(holding.busy_tasks & tasks.gone) for run in holding.mapped[task])
+    protected_after = (frozenset(tasks.protected) & tasks.live | busy) - frozenset(release)
+    return ProtectionPlan(tuple(protect), tuple(release), orphaned, protected_after)
+
+
+def orphaned_in_a_row(previous: Iterable[str], now_orphaned: Iterable[RunFacts]) -> tuple[RunFacts, ...]:
+    """Runs orphaned in this sample and the one before: only those may be crashed (a task that is gone
+    stays gone; two looks rule out a read that raced with the task list)."""
+    before = set(previous)
+    return tuple(run for run in now_orphaned if run.id in before)

@@ -1,0 +1,61 @@
+"""The publisher's opt-in writes to Prefect: runs stuck in Pending back to Scheduled, orphaned runs to Crashed.
+
+Both are capped per run and careful: each run is read again just before it is
+changed (Prefect's set_state has no compare-and-set), and every change is
+logged with the run id and counted in a metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from prefect_backlog.backlog import RunFacts
+from prefect_backlog.config import Config, QueueConfig
+from prefect_backlog.prefect_api import PrefectClient, PrefectError
+
+log = logging.getLogger("prefect_backlog")
+
+
+def reschedule_stuck_runs(config: Config, client: PrefectClient, stuck: Sequence[tuple[QueueConfig, str]],
+                          now: datetime) -> int:
+    """Stuck Pending runs back to Scheduled, at most ``max_reschedules_per_run``; returns how many were."""
+    rescheduled = 0
+    for queue, run_id in stuck[:config.max_reschedules_per_run]:
+        try:
+            accepted = client.reschedule_if_stuck(run_id, now, config.stuck_pending_seconds)
+        except PrefectError as exc:
+            log.warning(f"could not reschedule stuck Pending run {run_id} of {queue.label}: {exc}", extra={
+                "queue": queue.label, "flow_run_id": run_id, "cause": str(exc)})
+            continue
+        if accepted:
+            rescheduled += 1
+            log.info(f"rescheduled stuck Pending run {run_id} of {queue.label}", extra={
+                "queue": queue.label, "flow_run_id": run_id, "stuck_after_seconds": config.stuck_pending_seconds})
+    if len(stuck) > config.max_reschedules_per_run:
+        log.warning("more stuck Pending runs than one run may reschedule", extra={
+            "stuck": len(stuck), "max_reschedules_per_run": config.max_reschedules_per_run})
+    return rescheduled
+
+
+def crash_orphaned_runs(config: Config, client: PrefectClient, orphaned: Sequence[tuple[QueueConfig, RunFacts]]) -> int:
+    """Runs found orphaned in two samples in a row to Crashed, at most ``max_crashes_per_run``."""
+    crashed = 0
+    for queue, run in orphaned[:config.max_crashes_per_run]:
+        cause = (f"Crashed by the ECS autoscaler of {config.stack_name}: the ECS task of worker "
+                 f"{run.worker_name!r} has stopped, so this run's process is gone")
+        try:
+            accepted = client.crash_if_orphaned(run, cause)
+        except PrefectError as exc:
+            log.warning(f"could not crash orphaned run {run.id} of {queue.label}: {exc}", extra={
+                "queue": queue.label, "flow_run_id": run.id, "cause": str(exc)})
+            continue
+        if accepted:
+            crashed += 1
+            log.info(f"set orphaned run {run.id} of {queue.label} to Crashed (worker {run.worker_name})", extra={
+                "queue": queue.label, "flow_run_id": run.id, "worker": run.worker_name})
+    if len(orphaned) > config.max_crashes_per_run:
+        log.warning("more orphaned runs than one run may crash", extra={
+            "orphaned": len(orphaned), "max_crashes_per_run": config.max_crashes_per_run})
+    return crashed

@@ -1,0 +1,199 @@
+"""What one sample found, per queue, pool and service, and the metric data it turns into.
+
+A queue or service that could not be read contributes nothing: no value is
+ever published for something that was not read (a false 0 would scale a
+service in while work waits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from prefect_backlog import metrics
+from prefect_backlog.aws.cloudwatch import Datum
+from prefect_backlog.aws.ecs import EcsReadError, TaskCounts
+from prefect_backlog.aws.task_protection import ServiceProtection
+from prefect_backlog.backlog import (
+    QueueBacklog,
+    QueueCounts,
+    ServiceSignal,
+    queue_demand,
+    seconds_since,
+    service_signal,
+    sum_demand,
+)
+from prefect_backlog.config import Config, QueueConfig, ServiceConfig
+from prefect_backlog.prefect_api import PoolWorkers, PrefectError, ResolvedQueue
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    config: QueueConfig
+    resolved: ResolvedQueue | None = None
+    counts: QueueCounts | None = None
+    backlog: QueueBacklog | None = None
+    error: str | None = None
+    orphans_known: bool = False  # its service's tasks were checked, so backlog.orphaned is a true count
+
+    @property
+    def demand(self) -> int | None:
+        if self.backlog is None:
+            return None
+        return queue_demand(self.backlog, self.config.runs_in_worker_task)
+
+    def with_orphans(self, orphaned: int) -> QueueResult:
+        if self.backlog is None:
+            return self
+        return replace(self, backlog=replace(self.backlog, orphaned=orphaned), orphans_known=True)
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    config: ServiceConfig
+    demand: int | None
+    signal: ServiceSignal | None = None
+    error: str | None = None
+    protection: ServiceProtection | None = None  # None: not protected (off, Prefect 2.x, or its queues unread)
+    unmapped: int | None = None  # in-flight runs whose worker carries no task ID (when protection applies)
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    queues: list[QueueResult]
+    services: list[ServiceResult] = field(default_factory=list)
+    pools: dict[str, PoolWorkers | PrefectError] = field(default_factory=dict)
+    whole_failure: str | None = None  # set when nothing could be read at all
+    rescheduled: int = 0
+    crashed: int = 0
+    protection_errors: int = 0
+    prefect_requests: int = 0
+    ecs_task_calls: int = 0
+    put_metric_data_calls: int = 0
+    duration_ms: float = 0.0
+
+    @property
+    def queue_errors(self) -> int:
+        return sum(1 for q in self.queues if q.error is not None)
+
+    @property
+    def queues_read(self) -> int:
+        return len(self.queues) - self.queue_errors
+
+    @property
+    def service_errors(self) -> int:
+        return sum(1 for s in self.services if s.error is not None)
+
+    @property
+    def orphaned(self) -> int | None:
+        """Orphaned runs of every queue whose tasks were checked; None when none could be."""
+        known = [q.backlog.orphaned for q in self.queues if q.orphans_known and q.backlog is not None]
+        return sum(known) if known else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "queuesRead": self.queues_read,
+            "queueReadErrors": self.queue_errors,
+            "serviceReadErrors": self.service_errors,
+            "prefectRequests": self.prefect_requests,
+            "rescheduledFlowRuns": self.rescheduled,
+            "protectedTasks": sum(s.protection.protected or 0 for s in self.services if s.protection),
+            "orphanedFlowRuns": self.orphaned,
+            "crashedFlowRuns": self.crashed,
+            "protectionErrors": self.protection_errors,
+            "ecsTaskCalls": self.ecs_task_calls,
+            "putMetricDataCalls": self.put_metric_data_calls,
+            "durationMs": round(self.duration_ms, 1),
+            **({"wholeFailure": self.whole_failure} if self.whole_failure else {}),
+        }
+
+
+def compute_services(config: Config, queues: Sequence[QueueResult],
+                     task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError],
+                     protection: Mapping[tuple[str, str], tuple[ServiceProtection, int]] | None = None,
+                     ) -> list[ServiceResult]:
+    """Each service's demand and signal; ``protection`` gives, per service, its protection step and unmapped runs."""
+    demands = {q.config.index: q.demand for q in queues}
+    results = []
+    for service in config.services:
+        demand = sum_demand(demands, service.queue_indexes)
+        tasks = task_counts.get(service.key)
+        protected, unmapped = (protection or {}).get(service.key, (None, None))
+        if demand is None:
+            failed = [q.config.label for q in queues if q.config.index in service.queue_indexes and q.error]
+            results.append(ServiceResult(service, None, error=f"demand unknown: {', '.join(failed)} unread"))
+        elif not isinstance(tasks, TaskCounts):
+            results.append(ServiceResult(service, demand, error=str(tasks or "no task counts"), protection=protected,
+                                         unmapped=unmapped))
+        else:
+            signal = service_signal(demand, tasks.running, tasks.desired, service.target_backlog_per_task,
+                                    service.max_capacity)
+            results.append(ServiceResult(service, demand, signal=signal, protection=protected, unmapped=unmapped))
+    return results
+
+
+def metric_data(report: TickReport, publisher: str) -> list[Datum]:
+    """Everything one run publishes. A queue or service that was not read contributes nothing."""
+    data: list[Datum] = []
+    for queue in report.queues:
+        if queue.backlog is None or queue.resolved is None:
+            continue
+        dims = metrics.queue_dimensions(queue.resolved.pool, queue.resolved.name)
+        b = queue.backlog
+        data += [
+            Datum(metrics.LATE_FLOW_RUNS, dims, b.late),
+            Datum(metrics.DUE_FLOW_RUNS, dims, b.due),
+            Datum(metrics.PENDING_FLOW_RUNS, dims, b.pending),
+            Datum(metrics.RUNNING_FLOW_RUNS, dims, b.running),
+            Datum(metrics.OLDEST_LATE_RUN_AGE, dims, b.oldest_late_age_seconds),
+            Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
+            Datum(metrics.STUCK_PENDING_FLOW_RUNS, dims, b.stuck_pending),
+            Datum(metrics.CONCURRENCY_LIMITED, dims, int(b.concurrency_limited)),
+        ]
+        if queue.orphans_known:
+            data.append(Datum(metrics.ORPHANED_FLOW_RUNS, dims, b.orphaned))
+        polled = seconds_since(queue.resolved.last_polled or queue.resolved.created, report.now)
+        if polled is not None:
+            data.append(Datum(metrics.SECONDS_SINCE_LAST_POLLED, dims, polled))
+    for pool, workers in report.pools.items():
+        if isinstance(workers, PrefectError):
+            continue
+        dims = metrics.pool_dimensions(pool)
+        data.append(Datum(metrics.ONLINE_WORKERS, dims, workers.online))
+        heartbeat_age = seconds_since(workers.newest_heartbeat, report.now)
+        if heartbeat_age is not None:
+            data.append(Datum(metrics.SECONDS_SINCE_WORKER_HEARTBEAT, dims, heartbeat_age))
+    for service in report.services:
+        dims = metrics.service_dimensions(*service.config.key)
+        if service.protection is not None and service.protection.protected is not None:
+            data.append(Datum(metrics.PROTECTED_TASKS, dims, service.protection.protected))
+        if service.unmapped is not None:
+            data.append(Datum(metrics.UNMAPPED_FLOW_RUNS, dims, service.unmapped))
+        if service.signal is None:
+            continue
+        s = service.signal
+        data += [
+            Datum(metrics.BACKLOG_PER_TASK, dims, s.backlog_per_task),
+            Datum(metrics.DEMAND_FLOW_RUNS, dims, s.demand),
+            Datum(metrics.TASK_SHORTFALL, dims, s.task_shortfall),
+            Datum(metrics.RUNNING_TASKS, dims, s.running_tasks),
+            Datum(metrics.DESIRED_TASKS, dims, s.desired_tasks),
+        ]
+    dims = metrics.publisher_dimensions(publisher)
+    data += [
+        Datum(metrics.QUEUES_READ, dims, report.queues_read),
+        Datum(metrics.QUEUE_READ_ERRORS, dims, report.queue_errors),
+        Datum(metrics.SERVICE_READ_ERRORS, dims, report.service_errors),
+        Datum(metrics.TICK_DURATION, dims, report.duration_ms),
+        Datum(metrics.PROTECTION_ERRORS, dims, report.protection_errors),
+    ]
+    if report.orphaned is not None:
+        data.append(Datum(metrics.ORPHANED_FLOW_RUNS, dims, report.orphaned))
+    if report.rescheduled:
+        data.append(Datum(metrics.RESCHEDULED_FLOW_RUNS, dims, report.rescheduled))
+    if report.crashed:
+        data.append(Datum(metrics.CRASHED_FLOW_RUNS, dims, report.crashed))
+    return data

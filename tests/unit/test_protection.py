@@ -1,0 +1,105 @@
+"""The pure rules of task protection: which runs hold a task, which tasks to protect or release, what is orphaned."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from prefect_backlog.backlog import RunFacts
+from prefect_backlog.protection import (
+    Holding,
+    ServiceTasks,
+    holding_runs,
+    holds_task,
+    orphaned_in_a_row,
+    plan_protection,
+    suspects,
+    task_id_of,
+)
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+A, B, C, D = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
+
+
+def run(state_type: str, worker: str | None, *, name: str | None = None, run_id: str = "r", queue: str = "q",
+        since_seconds: float = 300, labelled: bool = True) -> RunFacts:
+    return RunFacts(id=run_id, queue_id=queue, state_type=state_type, state_name=name or state_type.title(),
+                    scheduled_at=NOW, state_since=NOW - timedelta(seconds=since_seconds), worker_name=worker,
+                    labelled=labelled)
+
+
+@pytest.mark.parametrize(("worker", "task"), [
+    (f"ecs-{A}", A),
+    (f"prefect-worker {A} (eu-west-1)", A),
+    ("ProcessWorker 3f2b9c4e-8d1a-4b6e-9f0c-2a7d5e1b8c3f", None),  # Prefect's default name: a uuid with dashes
+    (f"{A}-{B}", None),  # two task ids: which one?
+    ("ecs-" + "a" * 33, None),  # not a task id
+    (None, None),
+])
+def test_the_task_id_a_worker_name_carries(worker: str | None, task: str | None) -> None:
+    assert task_id_of(worker) == task
+
+
+@pytest.mark.parametrize(("state_type", "name", "in_task", "holds"), [
+    ("PENDING", "Pending", False, True),  # still being submitted by its worker
+    ("PENDING", "Pending", True, True),
+    ("RUNNING", "Running", False, False),  # runs as its own infrastructure: the worker is done with it
+    ("RUNNING", "Running", True, True),
+    ("CANCELLING", "Cancelling", True, True),
+    ("PAUSED", "Paused", True, True),  # paused in its process
+    ("PAUSED", "Suspended", True, False),  # has left its process
+    ("SCHEDULED", "Resuming", True, False),  # carries the old worker's label, but no process
+    ("COMPLETED", "Completed", True, False),
+])
+def test_which_runs_hold_their_workers_task(state_type: str, name: str, in_task: bool, holds: bool) -> None:
+    assert holds_task(run(state_type, f"ecs-{A}", name=name), in_task) is holds
+
+
+def test_holding_runs_by_task_and_those_that_cannot_be_mapped() -> None:
+    runs = [run("RUNNING", f"ecs-{A}", run_id="1"), run("RUNNING", f"ecs-{A}", run_id="2"),
+            run("PENDING", f"ecs-{B}", run_id="3"),
+            run("RUNNING", "ProcessWorker 3f2b9c4e-8d1a-4b6e-9f0c-2a7d5e1b8c3f", run_id="4"),
+            run("PENDING", None, run_id="5", since_seconds=3),  # just claimed: the label follows in a moment
+            run("PENDING", None, run_id="6", since_seconds=600),  # no label after ten minutes: unmapped
+            run("COMPLETED", f"ecs-{C}", run_id="7")]
+    holding = holding_runs([(runs, True)], NOW)
+    assert {task: [r.id for r in held] for task, held in holding.mapped.items()} == {A: ["1", "2"], B: ["3"]}
+    assert [r.id for r in holding.unmapped] == ["4", "6"]
+    assert not holding.unlabelled
+
+
+def test_runs_that_carry_no_labels_at_all_are_prefect_2() -> None:
+    holding = holding_runs([([run("RUNNING", None, labelled=False)], True)], NOW)
+    assert holding.unlabelled and not holding.mapped and not holding.unmapped
+
+
+def test_protect_the_busy_refresh_the_expiring_release_the_idle() -> None:
+    holding = Holding({A: (run("RUNNING", f"ecs-{A}"),), B: (run("RUNNING", f"ecs-{B}"),),
+                       C: (run("RUNNING", f"ecs-{C}"),)}, (), False)
+    tasks = ServiceTasks(live=frozenset({A, B, C, D}),
+                         protected={B: NOW + timedelta(minutes=4), C: NOW + timedelta(minutes=1),
+                                    D: NOW + timedelta(minutes=4)})
+    plan = plan_protection(holding, tasks, refresh_before=NOW + timedelta(minutes=3))
+    assert plan.protect == (A, C)  # A is new, C expires before the next sample and margin; B is fine
+    assert plan.release == (D,)  # protected, holding nothing
+    assert plan.protected_after == {A, B, C}
+    assert plan.orphaned == ()
+
+
+def test_only_a_task_ecs_reports_gone_orphans_its_runs() -> None:
+    gone_run, racing_run, other_service_run = (run("RUNNING", f"ecs-{t}", run_id=t[0]) for t in (A, B, C))
+    holding = Holding({A: (gone_run,), B: (racing_run,), C: (other_service_run,)}, (), False)
+    live = frozenset({D})
+    assert suspects(holding, live) == {A, B, C}  # each one is asked about on its own
+    # DescribeTasks: A is STOPPED; B started after the list was read (RUNNING); C runs in another service
+    plan = plan_protection(holding, ServiceTasks(live=live, protected={}, gone=frozenset({A})),
+                           refresh_before=NOW)
+    assert plan.orphaned == (gone_run,)
+    assert plan.protect == () and plan.release == ()  # B and C are not this service's to protect
+
+
+def test_only_runs_orphaned_twice_in_a_row_may_be_crashed() -> None:
+    first, second = run("RUNNING", f"ecs-{A}", run_id="1"), run("RUNNING", f"ecs-{A}", run_id="2")
+    assert orphaned_in_a_row(set(), [first, second]) == ()
+    assert orphaned_in_a_row({"1"}, [first, second]) == (first,)
