@@ -444,8 +444,10 @@ def test_pool_rows_show_each_queue_of_the_pool_with_search(fleet: tuple[Any, Tem
 
 def test_one_alarm_for_runs_left_orphaned_by_a_stopped_task(plain: Template) -> None:
     props = alarm(plain, "Plain orphaned flow runs")
-    assert (props["MetricName"], props["Dimensions"]) == (
-        "OrphanedFlowRuns", [{"Name": "Publisher", "Value": "Plain"}])
+    (query,) = props["Metrics"]
+    stat = query["MetricStat"]
+    assert (stat["Metric"]["MetricName"], stat["Metric"]["Dimensions"], stat["Stat"]) == (
+        "OrphanedFlowRuns", [{"Name": "Publisher", "Value": "Plain"}], "Minimum")
     assert (props["Threshold"], props["EvaluationPeriods"], props["DatapointsToAlarm"], props["TreatMissingData"]) == (
         0, 5, 5, "missing")
     assert "crashOrphanedRuns" in props["AlarmDescription"]
