@@ -225,8 +225,8 @@ def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[in
 
 
 def _with_orphans(queues: Sequence[QueueResult], config: Config, step: ProtectionStep) -> list[QueueResult]:
-    """The queues with their orphaned runs counted, where their service's tasks were checked."""
-    checked = {i for s in config.services if (found := step.services.get(s.key)) and found[0].checked
+    """The queues with their orphaned runs counted, where their service's protection step could know them."""
+    checked = {i for s in config.services if (found := step.services.get(s.key)) and found[0].orphans_known
                for i in s.queue_indexes}
     orphaned: dict[int, int] = {}
     for queue, _ in step.orphaned:

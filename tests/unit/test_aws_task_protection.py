@@ -69,7 +69,7 @@ def test_an_idle_service_with_nothing_protected_costs_no_call(ecs: FakeEcs) -> N
     for minute in range(1, 4):
         outcome = reconcile(ecs, SERVICE, busy(), ledger, now=NOW + timedelta(minutes=minute),
                             sample_interval_seconds=60)
-        assert outcome.protected == 0 and not outcome.checked
+        assert outcome.protected == 0 and outcome.orphans_known  # no run names a task: none is orphaned
     assert ecs.calls == []
 
 

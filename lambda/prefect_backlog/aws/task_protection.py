@@ -67,7 +67,9 @@ class ServiceProtection:
     protect: tuple[str, ...] = ()  # protected or refreshed now
     release: tuple[str, ...] = ()  # released now
     errors: tuple[str, ...] = ()
-    checked: bool = False  # ECS was asked (False: skipped, nothing could have changed; or the read failed)
+    # The orphan count is true: the tasks its runs name were read, or no run names a task. False when a read
+    # failed: orphans are then unknown, and nothing is published for them.
+    orphans_known: bool = False
     calls: int = 0
 
 
@@ -80,7 +82,8 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     cluster, name = service
     known = ledger.known(service)
     if known is not None and not known and not holding.mapped:
-        return ServiceProtection(protected=0)  # nothing protected, nothing to protect: nothing can have changed
+        # nothing protected, nothing to protect: nothing can have changed, and no run can be orphaned
+        return ServiceProtection(protected=0, orphans_known=True)
     calls = 0
     try:
         live = list_service_tasks(ecs, cluster, name)
@@ -99,12 +102,12 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     plan = plan_protection(holding, ServiceTasks(live, protected, gone), refresh_before=refresh_before)
     if not apply:
         return ServiceProtection(orphaned=plan.orphaned, protected=len(plan.protected_after), protect=plan.protect,
-                                 release=plan.release, checked=True, calls=calls)
+                                 release=plan.release, orphans_known=True, calls=calls)
     update = update_protection(ecs, cluster, protect=plan.protect, release=plan.release,
                                minutes=protection_minutes(sample_interval_seconds))
     calls += math.ceil(len(plan.protect) / 10) + math.ceil(len(plan.release) / 10)
     after = {t: until for t, until in protected.items() if t not in update.released} | update.protected
     ledger.record(service, after)
     return ServiceProtection(orphaned=plan.orphaned, protected=len(after), protect=tuple(sorted(update.protected)),
-                             release=tuple(sorted(update.released)), errors=update.failures, checked=True,
+                             release=tuple(sorted(update.released)), errors=update.failures, orphans_known=True,
                              calls=calls)
