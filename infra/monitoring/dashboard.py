@@ -100,9 +100,10 @@ class OperatorsDashboard:
             cloudwatch.TextWidget(width=24, height=1, markdown=(
                 f"## Queue {name} → ECS {service.cluster}/{service.service}")),
             cloudwatch.GraphWidget(
-                title=f"{name}: Late runs and due backlog", width=6,
+                title=f"{name}: Late, due and upcoming runs", width=6,
                 left=[self.queries.queue_graph(queue, metrics.LATE_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.DUE_FLOW_RUNS)],
+                      self.queries.queue_graph(queue, metrics.DUE_FLOW_RUNS),
+                      self.queries.queue_graph(queue, metrics.UPCOMING_FLOW_RUNS)],
                 left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
             cloudwatch.GraphWidget(
                 title=f"{name}: Pending, Running, stuck and orphaned", width=6,
@@ -136,7 +137,8 @@ class OperatorsDashboard:
             cloudwatch.TextWidget(width=24, height=1, markdown=f"## Work pool {pool}: {queues} queues, one line each"),
             cloudwatch.GraphWidget(title=f"{pool}: Late runs per queue", width=6, left=lines(metrics.LATE_FLOW_RUNS),
                                    left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(title=f"{pool}: due runs per queue", width=6, left=lines(metrics.DUE_FLOW_RUNS),
+            cloudwatch.GraphWidget(title=f"{pool}: due and upcoming runs per queue", width=6,
+                                   left=lines(metrics.DUE_FLOW_RUNS, metrics.UPCOMING_FLOW_RUNS),
                                    left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
             cloudwatch.GraphWidget(title=f"{pool}: oldest Late run age (s)", width=6,
                                    left=lines(metrics.OLDEST_LATE_RUN_AGE), left_annotations=[threshold],

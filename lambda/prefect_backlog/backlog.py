@@ -15,6 +15,9 @@ from datetime import datetime, timedelta
 # AwaitingConcurrencySlot is SCHEDULED too, but waits on a limit that more workers cannot lift.
 DUE_STATE_NAMES = ("Scheduled", "Late", "AwaitingRetry")
 LATE_STATE_NAME = "Late"
+# Only a run in exactly this state is announced ahead: AwaitingRetry and AwaitingConcurrencySlot wait on
+# something else than their start time.
+SCHEDULED_STATE_NAME = "Scheduled"
 # State types of runs that a worker has claimed and that have not finished. A PAUSED run named
 # "Paused" still holds its process; one named "Suspended" has left it (it resumes as a new submission).
 IN_FLIGHT_STATE_TYPES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
@@ -54,6 +57,7 @@ class QueueBacklog:
     cancelling: int = 0
     paused_runs: int = 0  # runs Paused in their process (not Suspended)
     orphaned: int = 0  # in-flight runs whose worker's task has stopped (their process is gone)
+    upcoming: int = 0  # Scheduled runs starting within the service's prewarmSeconds
 
     @property
     def stuck_pending(self) -> int:
@@ -77,6 +81,7 @@ class QueueCounts:
     stuck_pending_ids: tuple[str, ...] = ()
     cancelling: int = 0
     paused_runs: int = 0
+    upcoming: int = 0
     # The in-flight runs themselves (with their workers), when they were read one by one; None when only
     # counted (a deep backlog): task protection then reads them itself. Not part of what the counts equal.
     in_flight_runs: tuple[RunFacts, ...] | None = field(default=(), compare=False)
@@ -91,7 +96,8 @@ class QueueCounts:
                            oldest_late_at=min(oldest, default=None),
                            stuck_pending_ids=self.stuck_pending_ids + other.stuck_pending_ids,
                            cancelling=self.cancelling + other.cancelling,
-                           paused_runs=self.paused_runs + other.paused_runs, in_flight_runs=runs)
+                           paused_runs=self.paused_runs + other.paused_runs, upcoming=self.upcoming + other.upcoming,
+                           in_flight_runs=runs)
 
     def with_queue_state(self, now: datetime, *, paused: bool, queue_limit: int | None,
                          pool_limit_full: bool = False, orphaned: int = 0) -> QueueBacklog:
@@ -101,7 +107,8 @@ class QueueCounts:
                             oldest_late_age_seconds=seconds_since(self.oldest_late_at, now) or 0.0, paused=paused,
                             stuck_pending_ids=self.stuck_pending_ids,
                             concurrency_limited=pool_limit_full or limit_reached(queue_limit, in_use),
-                            cancelling=self.cancelling, paused_runs=self.paused_runs, orphaned=orphaned)
+                            cancelling=self.cancelling, paused_runs=self.paused_runs, orphaned=orphaned,
+                            upcoming=self.upcoming)
 
 
 def limit_reached(limit: int | None, in_use: int | None) -> bool:
@@ -111,6 +118,12 @@ def limit_reached(limit: int | None, in_use: int | None) -> bool:
 
 def seconds_since(moment: datetime | None, now: datetime) -> float | None:
     return None if moment is None else max(0.0, (now - moment).total_seconds())
+
+
+def is_upcoming(run: RunFacts, now: datetime, window_seconds: float) -> bool:
+    """Scheduled to start after now and within the window: a worker will be needed for it soon."""
+    return (run.state_type == "SCHEDULED" and run.state_name == SCHEDULED_STATE_NAME and run.scheduled_at is not None
+            and now < run.scheduled_at <= now + timedelta(seconds=window_seconds))
 
 
 def is_due(run: RunFacts, now: datetime) -> bool:
@@ -128,6 +141,7 @@ class _Tally:
     running: int = 0
     cancelling: int = 0
     paused: int = 0
+    upcoming: int = 0
     oldest_late_at: datetime | None = None
     stuck: list[str] = field(default_factory=list)
     in_flight: list[RunFacts] = field(default_factory=list)
@@ -140,8 +154,11 @@ def is_stuck_pending(run: RunFacts, now: datetime, stuck_after_seconds: float) -
 
 
 def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: datetime,
-                   stuck_after_seconds: float) -> dict[str, QueueCounts]:
-    """Count each queue's runs; every queue in ``queue_ids`` gets an entry (a true 0 when it has none)."""
+                   stuck_after_seconds: float, prewarm: Mapping[str, float] | None = None) -> dict[str, QueueCounts]:
+    """Count each queue's runs; every queue in ``queue_ids`` gets an entry (a true 0 when it has none).
+
+    ``prewarm`` gives each queue's window, in seconds, for its upcoming runs (none: no upcoming run).
+    """
     tallies: dict[str, _Tally] = {q: _Tally() for q in queue_ids}
     seen: set[str] = set()
     for run in runs:
@@ -156,6 +173,8 @@ def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: date
                 if run.scheduled_at is not None and (tally.oldest_late_at is None
                                                      or run.scheduled_at < tally.oldest_late_at):
                     tally.oldest_late_at = run.scheduled_at
+        elif is_upcoming(run, now, (prewarm or {}).get(run.queue_id, 0)):
+            tally.upcoming += 1
         elif run.in_flight:
             tally.in_flight.append(run)
             if run.state_type == "PENDING":
@@ -170,21 +189,24 @@ def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: date
                 tally.paused += 1
     return {q: QueueCounts(late=t.late, due=t.due, pending=t.pending, running=t.running,
                            oldest_late_at=t.oldest_late_at, stuck_pending_ids=tuple(t.stuck),
-                           cancelling=t.cancelling, paused_runs=t.paused, in_flight_runs=tuple(t.in_flight))
+                           cancelling=t.cancelling, paused_runs=t.paused, upcoming=t.upcoming,
+                           in_flight_runs=tuple(t.in_flight))
             for q, t in tallies.items()}
 
 
 def queue_demand(backlog: QueueBacklog, runs_in_worker_task: bool) -> int:
     """Flow runs that need this queue's worker tasks.
 
-    Due runs behind a paused queue or pool, or behind a used-up concurrency
-    limit, are not demand: more workers cannot start them. Runs in flight
+    Due and upcoming runs behind a paused queue or pool, or behind a used-up
+    concurrency limit, are not demand: more workers cannot start them.
+    Upcoming runs (Scheduled to start within the service's prewarmSeconds) are
+    demand before they are due, so their tasks are up in time. Runs in flight
     (Pending, Running, Cancelling, Paused) are demand only when they execute
     inside the worker's own task (Process worker): scaling that task in would
     kill them, and they still need it even while the queue is paused. Orphaned
     runs are not: their task is gone, and no task can bring their process back.
     """
-    waiting = 0 if backlog.paused or backlog.concurrency_limited else backlog.due
+    waiting = 0 if backlog.paused or backlog.concurrency_limited else backlog.due + backlog.upcoming
     in_flight = backlog.in_flight if runs_in_worker_task else 0
     return waiting + in_flight
 

@@ -56,6 +56,13 @@ DEFAULT_OLDEST_LATE_ALARM_SECONDS = 600
 # Workers poll every 10 s (2.x agents every 15 s): five quiet minutes with runs due means none is polling.
 DEFAULT_UNPOLLED_ALARM_SECONDS = 300
 DEFAULT_MAX_CRASHES_PER_RUN = 10
+# A Scheduled run starting within this many seconds is demand already, so its task is up when it is due:
+# up to 60 s until the next sample sees it, up to 60 s until the 1-minute scale-out alarm fires, and
+# about two minutes for a Fargate task to pull its image and start.
+DEFAULT_PREWARM_SECONDS = 240
+# Prefect's scheduler creates runs at least an hour ahead (PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME),
+# so a longer window would not see more runs, only keep tasks up for nothing.
+MAX_PREWARM_SECONDS = 3600
 
 # CloudWatch Logs accepts only these retention periods.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
@@ -156,6 +163,7 @@ class ServiceConfig:
     target_backlog_per_task: float
     queue_indexes: tuple[int, ...]
     task_protection: bool = True  # protect the tasks whose workers hold a flow run from scale-in
+    prewarm_seconds: int = DEFAULT_PREWARM_SECONDS  # Scheduled runs starting this soon are demand already
 
     @property
     def key(self) -> tuple[str, str]:
@@ -330,6 +338,8 @@ QUEUE_ENTRY = Shape(build=dict, settings=(
             default=DEFAULT_TARGET_BACKLOG_PER_TASK, scope="service"),
     Setting("runsInWorkerTask", "runs_in_worker_task", boolean, default=False),
     Setting("taskProtection", "task_protection", boolean, default=True, scope="service"),
+    Setting("prewarmSeconds", "prewarm_seconds", integer(0, MAX_PREWARM_SECONDS), default=DEFAULT_PREWARM_SECONDS,
+            scope="service"),
 ))
 
 # The CDK context (cdk.json "context" or -c): lenient about keys, which also hold CDK's own settings.

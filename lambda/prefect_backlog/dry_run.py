@@ -105,25 +105,34 @@ def render(report: TickReport, running_note: str) -> str:
         b = q.backlog
         where = q.resolved.path if q.resolved else q.config.label
         if b is None:
-            queue_rows.append([where, "", "", "", "", "", "", "", f"NOT READ: {q.error}"])
-        else:
-            queue_rows.append([where, b.late, b.due, b.pending, b.running, b.oldest_late_age_seconds,
-                               "yes" if b.paused else "no", q.demand, ""])
+            queue_rows.append([where, "", "", "", "", "", "", "", "", f"NOT READ: {q.error}"])
+            continue
+        notes = [f"{n} {what}" for n, what in ((b.cancelling, "cancelling"), (b.paused_runs, "paused"),
+                                                (b.orphaned, "orphaned"), (b.stuck_pending, "stuck Pending")) if n]
+        if b.concurrency_limited:
+            notes.append("concurrency limit used up")
+        queue_rows.append([where, b.late, b.due, b.upcoming, b.pending, b.running, b.oldest_late_age_seconds,
+                           "yes" if b.paused else "no", q.demand, ", ".join(notes)])
     service_rows: list[list[Any]] = []
     for s in report.services:
-        sig = s.signal
-        name = s.config.path
+        sig, protection = s.signal, s.protection
+        notes = [f"{s.unmapped} in-flight runs on workers whose name holds no task ID"] if s.unmapped else []
+        if protection is not None and (protection.protect or protection.release):
+            notes.append(f"protects {len(protection.protect)}, releases {len(protection.release)} task(s)")
+        notes += [f"task protection: {e}" for e in (protection.errors if protection else ())]
+        protected = "" if protection is None or protection.protected is None else protection.protected
         if sig is None:
-            service_rows.append([name, s.demand, "", "", "", "", f"NOT PUBLISHED: {s.error}"])
+            service_rows.append([s.config.path, s.demand, "", "", "", "", protected,
+                                 "; ".join([f"NOT PUBLISHED: {s.error}", *notes])])
         else:
-            service_rows.append([name, sig.demand, sig.running_tasks, sig.desired_tasks, sig.backlog_per_task,
-                                 sig.task_shortfall, ""])
+            service_rows.append([s.config.path, sig.demand, sig.running_tasks, sig.desired_tasks,
+                                 sig.backlog_per_task, sig.task_shortfall, protected, "; ".join(notes)])
     summary = report.summary()
     return "\n\n".join([
-        _table(["queue", "Late", "Due", "Pending", "Running", "OldestLate(s)", "paused", "demand", "note"],
+        _table(["queue", "Late", "Due", "Upcoming", "Pending", "Running", "OldestLate(s)", "paused", "demand", "note"],
                queue_rows),
-        _table(["ECS service", "Demand", "Running", "Desired", "BacklogPerTask", "TaskShortfall", "note"],
-               service_rows),
+        _table(["ECS service", "Demand", "Running", "Desired", "BacklogPerTask", "TaskShortfall", "Protected",
+                "note"], service_rows),
         f"{running_note}\n{summary['queuesRead']} queues read, {summary['queueReadErrors']} failed, "
         f"{summary['prefectRequests']} Prefect requests, {summary['durationMs']} ms",
     ])
@@ -180,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UsageError as exc:
             print(exc, file=sys.stderr)
             return 2
-        note = "Task counts read from ECS."
+        note = "Task counts and task protection read from ECS (nothing changed)."
     else:
         ecs = AssumedTaskCounts(args.running_tasks)
         note = f"Task counts assumed: {args.running_tasks} running and desired per service (no AWS call made)."

@@ -45,13 +45,17 @@ CONCURRENCY_LIMITED = MetricDef(
     "ConcurrencyLimited", Unit.NONE,
     "1 when the queue's concurrency limit (or its pool's, on 3.x) is used up: due runs wait on the limit, "
     "not on workers, and add no demand")
+UPCOMING_FLOW_RUNS = MetricDef(
+    "UpcomingFlowRuns", Unit.COUNT,
+    "Scheduled runs that start within the service's prewarmSeconds: demand already, so their tasks are up when "
+    "they are due")
 ORPHANED_FLOW_RUNS = MetricDef(
     "OrphanedFlowRuns", Unit.COUNT,
     "In-flight runs whose worker's ECS task has stopped: their process died with it; they are not demand "
     "(per queue, and the publisher's total)")
 QUEUE_METRICS = (LATE_FLOW_RUNS, DUE_FLOW_RUNS, PENDING_FLOW_RUNS, RUNNING_FLOW_RUNS, OLDEST_LATE_RUN_AGE,
                  QUEUE_PAUSED, SECONDS_SINCE_LAST_POLLED, STUCK_PENDING_FLOW_RUNS, CONCURRENCY_LIMITED,
-                 ORPHANED_FLOW_RUNS)
+                 UPCOMING_FLOW_RUNS, ORPHANED_FLOW_RUNS)
 
 # Per work pool; dimension WorkPool. Workers (3.x, and 2.x workers) heartbeat; 2.x agents do not.
 ONLINE_WORKERS = MetricDef("OnlineWorkers", Unit.COUNT, "Workers of the pool whose status is ONLINE")
@@ -66,7 +70,7 @@ BACKLOG_PER_TASK = MetricDef(
     "Scaling signal for target tracking: demand / max(running tasks, 1)")
 DEMAND_FLOW_RUNS = MetricDef(
     "DemandFlowRuns", Unit.COUNT,
-    "Flow runs that need this service's tasks: due runs of unpaused queues, plus in-flight runs "
+    "Flow runs that need this service's tasks: due and upcoming runs of unpaused queues, plus in-flight runs "
     "where runs execute inside the worker task")
 TASK_SHORTFALL = MetricDef(
     "TaskShortfall", Unit.COUNT,

@@ -152,6 +152,7 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
             Datum(metrics.QUEUE_PAUSED, dims, int(b.paused)),
             Datum(metrics.STUCK_PENDING_FLOW_RUNS, dims, b.stuck_pending),
             Datum(metrics.CONCURRENCY_LIMITED, dims, int(b.concurrency_limited)),
+            Datum(metrics.UPCOMING_FLOW_RUNS, dims, b.upcoming),
         ]
         if queue.orphans_known:
             data.append(Datum(metrics.ORPHANED_FLOW_RUNS, dims, b.orphaned))

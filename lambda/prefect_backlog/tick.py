@@ -74,7 +74,8 @@ def read_prefect(config: Config, client: PrefectClient, now: datetime, fanout: F
     found = [r for r in resolved.values() if isinstance(r, ResolvedQueue)]
     workers = fanout.submit(lambda: client.read_workers({r.pool for r in found}, fanout))
     try:
-        counts = client.read_counts(found, now, config.stuck_pending_seconds, fanout)
+        prewarm = {r.id: config.service_for(config.queues[r.config_index]).prewarm_seconds for r in found}
+        counts = client.read_counts(found, now, config.stuck_pending_seconds, fanout, prewarm)
     except PrefectError as exc:  # credentials rejected half-way
         cause = f"could not read flow runs: {exc}"
         return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)

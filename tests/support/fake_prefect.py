@@ -151,6 +151,7 @@ class FakePrefect:
         flow_runs = body.get("flow_runs", {})
         state = flow_runs.get("state", {})
         before = flow_runs.get("next_scheduled_start_time", {}).get("before_")
+        after = flow_runs.get("next_scheduled_start_time", {}).get("after_")
         selected = []
         for run in self.runs:
             if run["work_queue_id"] not in ids:
@@ -160,6 +161,8 @@ class FakePrefect:
             if "name" in state and run["state_name"] not in state["name"]["any_"]:
                 continue
             if before and not (run["next_scheduled_start_time"] and run["next_scheduled_start_time"] <= before):
+                continue
+            if after and not (run["next_scheduled_start_time"] and run["next_scheduled_start_time"] >= after):
                 continue
             selected.append(run)
         if body.get("sort") == "NEXT_SCHEDULED_START_TIME_ASC":

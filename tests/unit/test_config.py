@@ -255,3 +255,35 @@ def test_pool_and_queue_names_keep_the_spaces_prefect_accepts() -> None:
     (queue,) = config.queues
     assert (queue.work_pool, queue.work_queue, queue.path) == (" spaced pool ", "queue ", " spaced pool /queue ")
     assert parse_config(config.to_context()) == config
+
+
+# --- pre-warm and task protection: settings of the ECS service -----------------------------------------
+
+
+def test_prewarm_defaults_to_a_fargate_start_and_zero_turns_it_off() -> None:
+    assert parse_config(context()).services[0].prewarm_seconds == 240
+    assert parse_config(context(entry(prewarmSeconds=0))).services[0].prewarm_seconds == 0
+    assert parse_config(context(entry(prewarmSeconds="600"))).services[0].prewarm_seconds == 600
+
+
+@pytest.mark.parametrize(("ctx", "expected"), [
+    (context(entry(prewarmSeconds=-1)), "queues[0].prewarmSeconds: must be at least 0, got -1"),
+    (context(entry(prewarmSeconds=3601)), "queues[0].prewarmSeconds: must be at most 3600, got 3601"),
+    (context(entry(prewarmSeconds=1.5)), "queues[0].prewarmSeconds: must be a whole number"),
+    (context(entry(prewarmSeconds=120), entry(workQueue="gpu", prewarmSeconds=300, maxCapacity=None)),
+     "queues[0].prewarmSeconds: entries for ECS service prefect/worker disagree"),
+    (context(entry(taskProtection="sometimes")), "queues[0].taskProtection: must be true or false"),
+    (context(entry(taskProtection=True), entry(workQueue="gpu", taskProtection=False, maxCapacity=None)),
+     "queues[0].taskProtection: entries for ECS service prefect/worker disagree"),
+    (context(maxCrashesPerRun=0), "maxCrashesPerRun: must be at least 1"),
+    (context(crashOrphanedRuns="yes"), "crashOrphanedRuns: must be true or false"),
+])
+def test_bad_service_settings_name_the_field(ctx: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)
+
+
+def test_service_settings_round_trip_in_every_entry() -> None:
+    config = parse_config(context(entry(prewarmSeconds=90, taskProtection=False), entry(workQueue="gpu",
+                                                                                         maxCapacity=None)))
+    assert [e["prewarmSeconds"] for e in config.to_context()["queues"]] == [90, 90]
+    assert parse_config(config.to_context()) == config

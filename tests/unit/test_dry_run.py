@@ -39,10 +39,12 @@ def context_file(tmp_path: Path) -> Path:
 def test_prints_a_table_of_what_would_be_published(prefect: FakePrefect, context_file: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     prefect.add_runs("pool-a", "default", 2, "SCHEDULED", "Late", minutes_ago=3)
+    prefect.add_runs("pool-a", "gpu", 3, "SCHEDULED", "Scheduled", minutes_ago=-2)  # starts in 2 minutes
     assert dry_run.main(["--context", str(context_file), "--running-tasks", "1"]) == 0
     out = capsys.readouterr().out
-    assert "pool-a/default  2     2    0        0        180" in out
-    assert "c/worker     2       1        1        2               1" in out
+    assert "pool-a/default  2     2    0         0        0        180" in out
+    assert "c/worker     5       1        1        5               2" in out  # 2 due + 3 upcoming
+    assert "pool-a/gpu      0     0    3         0        0        0" in out  # upcoming: demand before it is due
     assert "Task counts assumed: 1 running" in out
 
 

@@ -75,6 +75,7 @@ def test_a_stream_too_deep_to_page_at_the_last_read_is_read_narrower_at_once(pre
         return counts, prefect.requests_to("/flow_runs/filter"), prefect.requests_to("/flow_runs/count")
 
     cold, cold_lists, cold_counts = read()
+    assert memory.is_deep("pool-a", "due+0s")  # the due stream without a pre-warm window
     # due page (full), due total, then the Late slice (total, 2 queue counts) and the waiting one (total: 0);
     # the shared oldest-Late list, the in-flight page
     assert (cold_lists, cold_counts) == (1 + 1 + 1, 1 + 3 + 1)
@@ -85,7 +86,7 @@ def test_a_stream_too_deep_to_page_at_the_last_read_is_read_narrower_at_once(pre
     prefect.runs.clear()  # drained: this read learns it, the next one pages again
     drained, _, _ = read()
     assert set(drained.values()) == {QueueCounts()}
-    assert not memory.is_deep("pool-a", "due")
+    assert not memory.is_deep("pool-a", "due+0s")
     assert read()[1:] == (2, 0)  # a due page and an in-flight page
 
 
@@ -181,3 +182,27 @@ def test_stuck_pending_runs_are_found_when_paging_and_when_counting(prefect: Fak
     assert (default.pending, default.running) == (5, 1200)
     assert set(default.stuck_pending_ids) == set(stuck)
     assert len(counted[queues[1].id].stuck_pending_ids) == 1  # type: ignore[union-attr]
+
+
+def test_scheduled_runs_in_the_prewarm_window_are_counted_upcoming_from_the_due_page(prefect: FakePrefect) -> None:
+    prefect.add_runs("pool-a", "default", 2, "SCHEDULED", "Late", minutes_ago=5)
+    prefect.add_runs("pool-a", "default", 3, "SCHEDULED", "Scheduled", minutes_ago=-2)  # starts in 2 minutes
+    prefect.add_runs("pool-a", "default", 4, "SCHEDULED", "Scheduled", minutes_ago=-10)  # beyond the window
+    prefect.add_runs("pool-a", "default", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=-2)  # not announced
+    prefect.add_runs("pool-a", "gpu", 1, "SCHEDULED", "Scheduled", minutes_ago=-2)  # gpu has no window
+    c = client()
+    default, gpu = resolved(c, queue(0, "default", "pool-a"), queue(1, "gpu", "pool-a"))
+    counts = c.read_counts([default, gpu], NOW, 900, prewarm={default.id: 240})
+    assert (counts[default.id].due, counts[default.id].upcoming) == (2, 3)  # type: ignore[union-attr]
+    assert counts[gpu.id].upcoming == 0  # type: ignore[union-attr]
+    # one due page for each window in the pool (240 s for default, none for gpu), and its in-flight page
+    assert prefect.requests_to("/flow_runs/filter") == 3 and prefect.requests_to("/flow_runs/count") == 0
+
+
+def test_a_deep_due_stream_counts_its_upcoming_runs_as_a_slice(prefect: FakePrefect) -> None:
+    prefect.add_runs("pool-a", "default", PAGE_SIZE * 6, "SCHEDULED", "Late", minutes_ago=4)
+    prefect.add_runs("pool-a", "default", 7, "SCHEDULED", "Scheduled", minutes_ago=-3)
+    c = client()
+    (q,) = resolved(c, queue(0, "default", "pool-a"))
+    counts = c.read_counts([q], NOW, 900, prewarm={q.id: 240})[q.id]
+    assert isinstance(counts, QueueCounts) and (counts.late, counts.due, counts.upcoming) == (1200, 1200, 7)

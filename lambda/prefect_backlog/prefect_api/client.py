@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -54,9 +54,12 @@ class PrefectClient:
         return queries.resolve_queues(self.http, queues)
 
     def read_counts(self, queues: Iterable[QueueScope], now: datetime, stuck_after_seconds: float,
-                    fanout: Fanout | None = None) -> dict[str, QueueCounts | PrefectError]:
+                    fanout: Fanout | None = None,
+                    prewarm: Mapping[str, int] | None = None) -> dict[str, QueueCounts | PrefectError]:
+        """``prewarm``: each queue id's pre-warm window in seconds, for its upcoming runs."""
         with self._fanout(fanout) as pool:
-            return RunReader(self.http, pool, self.depth_memory, now, stuck_after_seconds).read_counts(queues)
+            return RunReader(self.http, pool, self.depth_memory, now, stuck_after_seconds,
+                             prewarm).read_counts(queues)
 
     def read_workers(self, pools: Iterable[str], fanout: Fanout | None = None) -> dict[str, PoolWorkers | PrefectError]:
         with self._fanout(fanout) as pool:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, cast
 
@@ -25,6 +25,7 @@ from prefect_backlog.backlog import (
     IN_FLIGHT_STATE_TYPES,
     LATE_STATE_NAME,
     PAUSED_STATE_NAME,
+    SCHEDULED_STATE_NAME,
     QueueCounts,
     RunFacts,
     summarize_runs,
@@ -86,6 +87,11 @@ class _Stream:
     split: tuple[_Stream, ...] = ()
     per_queue: tuple[_Lookup, ...] = ()
     in_flight: bool = False  # its runs are in flight: counted per queue, they are not listed one by one
+    variant: str = ""  # told apart in the DepthMemory: the due stream of each pre-warm window
+
+    @property
+    def depth_key(self) -> str:
+        return self.name + self.variant
 
     def runs_in(self, counts: QueueCounts) -> int:
         return sum(getattr(counts, name) for name in self.counted)
@@ -96,37 +102,56 @@ class _Stream:
         return len(self.per_queue) + sum(part.calls_per_queue for part in self.split)
 
 
-def _streams(now: datetime) -> tuple[_Stream, _Stream]:
-    def scheduled(*names: str) -> dict[str, Any]:
-        # By state name alone: these names belong to SCHEDULED states only (the model checks the type of
-        # every run it is given), and a filter on the type too makes each count ~25% dearer (3.8.8).
-        return {"state": {"name": {"any_": list(names)}}, "next_scheduled_start_time": {"before_": iso(now)}}
+def _scheduled(*names: str, after: datetime | None = None, before: datetime) -> dict[str, Any]:
+    # By state name alone: these names belong to SCHEDULED states only (the model checks the type of
+    # every run it is given), and a filter on the type too makes each count ~25% dearer (3.8.8).
+    start_time: dict[str, Any] = {"before_": iso(before), **({"after_": iso(after)} if after else {})}
+    return {"state": {"name": {"any_": list(names)}}, "next_scheduled_start_time": start_time}
 
-    def in_state(*types: str) -> dict[str, Any]:
-        return {"state": {"type": {"any_": list(types)}}}
 
-    late, waiting = scheduled(LATE_STATE_NAME), scheduled(*(n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME))
-    pending, running, cancelling = in_state("PENDING"), in_state("RUNNING"), in_state("CANCELLING")
-    # Paused in their process; a Suspended run (also PAUSED) has left it. Counted by name (2.x has no
-    # not_any_), listed by type and told apart by the model.
-    paused = {"state": {"type": {"any_": ["PAUSED"]}, "name": {"any_": [PAUSED_STATE_NAME]}}}
-    due = _Stream("due", scheduled(*DUE_STATE_NAMES), ("due",), split=(
+def _in_state(*types: str) -> dict[str, Any]:
+    return {"state": {"type": {"any_": list(types)}}}
+
+
+def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
+    """Runs due now, and Scheduled runs starting within the pre-warm window: one stream, one page, per pool.
+
+    Too deep to page, it splits into Late, waiting (Scheduled or AwaitingRetry, due) and upcoming runs.
+    """
+    window_end = now + timedelta(seconds=prewarm_seconds)
+    late = _scheduled(LATE_STATE_NAME, before=now)
+    waiting = _scheduled(*(n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME), before=now)
+    parts = [
         _Stream("late", late, ("late",), per_queue=(
             _Lookup(("late", "due"), late),
             _Lookup(("oldest_late_at",), late, list_sort="NEXT_SCHEDULED_START_TIME_ASC", list_limit=1,
                     only_if="late"))),
-        _Stream("waiting", waiting, ("due",), per_queue=(_Lookup(("due",), waiting),))))
-    in_flight = _Stream("in-flight", in_state(*IN_FLIGHT_STATE_TYPES),
-                        ("pending", "running", "cancelling", "paused_runs"), in_flight=True, split=(
+        _Stream("waiting", waiting, ("due",), per_queue=(_Lookup(("due",), waiting),))]
+    counted: tuple[str, ...] = ("due",)
+    if prewarm_seconds:
+        upcoming = _scheduled(SCHEDULED_STATE_NAME, after=now, before=window_end)
+        parts.append(_Stream("upcoming", upcoming, ("upcoming",), per_queue=(_Lookup(("upcoming",), upcoming),)))
+        counted = ("due", "upcoming")
+    # Queues of one pool with different windows are different streams, with depths of their own.
+    return _Stream("due", _scheduled(*DUE_STATE_NAMES, before=window_end), counted, split=tuple(parts),
+                   variant=f"+{prewarm_seconds}s")
+
+
+def in_flight_stream() -> _Stream:
+    pending, running, cancelling = _in_state("PENDING"), _in_state("RUNNING"), _in_state("CANCELLING")
+    # Paused in their process; a Suspended run (also PAUSED) has left it. Counted by name (2.x has no
+    # not_any_), listed by type and told apart by the model.
+    paused = {"state": {"type": {"any_": ["PAUSED"]}, "name": {"any_": [PAUSED_STATE_NAME]}}}
+    return _Stream("in-flight", _in_state(*IN_FLIGHT_STATE_TYPES),
+                   ("pending", "running", "cancelling", "paused_runs"), in_flight=True, split=(
         # Stuck runs are found among the longest-waiting Pending runs; more than a page of them
         # in one queue is reported as a page.
         _Stream("pending", pending, ("pending",), in_flight=True, per_queue=(
             _Lookup(("pending",), pending),
             _Lookup(("stuck_pending_ids",), pending, list_sort="EXPECTED_START_TIME_ASC", only_if="pending"))),
         _Stream("running", running, ("running",), in_flight=True, per_queue=(_Lookup(("running",), running),)),
-        _Stream("stopping", in_state("CANCELLING", "PAUSED"), ("cancelling", "paused_runs"), in_flight=True,
+        _Stream("stopping", _in_state("CANCELLING", "PAUSED"), ("cancelling", "paused_runs"), in_flight=True,
                 per_queue=(_Lookup(("cancelling",), cancelling), _Lookup(("paused_runs",), paused)))))
-    return due, in_flight
 
 
 class DepthMemory:
@@ -168,19 +193,28 @@ class RunReader:
     """One sample's reads of flow runs; the fanout runs them concurrently, the transport bounds the requests."""
 
     def __init__(self, http: PrefectHttp, fanout: Fanout, depth_memory: DepthMemory, now: datetime,
-                 stuck_after_seconds: float) -> None:
+                 stuck_after_seconds: float, prewarm: Mapping[str, int] | None = None) -> None:
+        """``prewarm``: each queue id's pre-warm window in seconds (absent: 0, no upcoming runs)."""
         self.http = http
         self.fanout = fanout
         self.depth_memory = depth_memory
         self.now = now
         self.stuck_after_seconds = stuck_after_seconds
+        self.prewarm = dict(prewarm or {})
 
     def read_counts(self, queues: Iterable[QueueScope]) -> dict[str, QueueCounts | PrefectError]:
-        """Per queue id: its run counts, or the error that kept them from being read."""
+        """Per queue id: its run counts, or the error that kept them from being read.
+
+        Per pool, one in-flight stream; and one due stream per pre-warm window (one, unless the services
+        of a pool's queues choose different windows).
+        """
         by_pool: dict[str, list[str]] = {}
+        by_window: dict[tuple[str, int], list[str]] = {}
         for queue in queues:
             by_pool.setdefault(queue.pool, []).append(queue.id)
-        jobs = [(pool, ids, stream) for pool, ids in by_pool.items() for stream in _streams(self.now)]
+            by_window.setdefault((queue.pool, self.prewarm.get(queue.id, 0)), []).append(queue.id)
+        jobs = [(pool, ids, due_stream(self.now, window)) for (pool, window), ids in by_window.items()]
+        jobs += [(pool, ids, in_flight_stream()) for pool, ids in by_pool.items()]
         outcomes = self.fanout.map(settled(lambda job: self._read_stream(*job)), jobs)
 
         merged: dict[str, QueueCounts | PrefectError] = {}
@@ -215,7 +249,7 @@ class RunReader:
         return found
 
     def _summarize(self, runs: Iterable[RunFacts], queue_ids: list[str]) -> dict[str, QueueCounts]:
-        return summarize_runs(runs, queue_ids, self.now, self.stuck_after_seconds)
+        return summarize_runs(runs, queue_ids, self.now, self.stuck_after_seconds, self.prewarm)
 
     def _read_stream(self, pool: str, queue_ids: list[str], stream: _Stream, *,
                      count_first: bool = False) -> dict[str, QueueCounts]:
@@ -226,10 +260,10 @@ class RunReader:
         nothing more is read when the count is 0. A stream read narrower last
         time (``depth_memory``) is read narrower at once, with no page or total.
         """
-        if self.depth_memory.is_deep(pool, stream.name):
+        if self.depth_memory.is_deep(pool, stream.depth_key):
             counts = self._read_narrower(pool, queue_ids, stream, total=None)
             total = sum(stream.runs_in(read) for read in counts.values())
-            self.depth_memory.remember(pool, stream.name, deep=_too_deep_to_page(total, 0, queue_ids, stream))
+            self.depth_memory.remember(pool, stream.depth_key, deep=_too_deep_to_page(total, 0, queue_ids, stream))
             return counts
 
         scope = {"work_pool_queues": {"id": {"any_": queue_ids}}}
@@ -247,7 +281,7 @@ class RunReader:
         if total == 0 and not runs:
             return {queue_id: QueueCounts() for queue_id in queue_ids}
         if _too_deep_to_page(total, len(runs), queue_ids, stream):
-            self.depth_memory.remember(pool, stream.name, deep=True)
+            self.depth_memory.remember(pool, stream.depth_key, deep=True)
             return self._read_narrower(pool, queue_ids, stream, total=total)
 
         pages_left = math.ceil(max(total - len(runs), 0) / PAGE_SIZE)
