@@ -73,6 +73,9 @@ def read_prefect(config: Config, client: PrefectClient, now: datetime, fanout: F
 
     found = [r for r in resolved.values() if isinstance(r, ResolvedQueue)]
     workers = fanout.submit(lambda: client.read_workers({r.pool for r in found}, fanout))
+    # Prefect 2.x pools report no active slots: count what their concurrency limit counts.
+    unreported = {r.pool for r in found if r.pool_concurrency_limit is not None and r.pool_active_slots is None}
+    pool_active = fanout.submit(lambda: client.pool_active_runs(unreported, fanout))
     try:
         prewarm = {r.id: config.service_for(config.queues[r.config_index]).prewarm_seconds for r in found}
         counts = client.read_counts(found, now, config.stuck_pending_seconds, fanout, prewarm)
@@ -80,10 +83,12 @@ def read_prefect(config: Config, client: PrefectClient, now: datetime, fanout: F
         cause = f"could not read flow runs: {exc}"
         return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
     finally:
-        # Wait for the worker read either way, so no request outlives the tick and
-        # ``client.requests_sent`` counts every one of them; its own failure is handled below.
+        # Wait for the worker read (and the pool counts) either way, so no request outlives the tick and
+        # ``client.requests_sent`` counts every one of them; their own failures are handled below.
         worker_read = _settle(workers.result)
-    results = _queue_results(config, resolved, counts, now)
+        active = _settle(pool_active.result)
+    counted = {pool: n for pool, n in active.items() if isinstance(n, int)} if isinstance(active, dict) else {}
+    results = _queue_results(config, resolved, counts, now, counted)
     if results and all(r.error for r in results):
         cause = "no configured queue could be read: " + "; ".join(sorted({r.error or "" for r in results}))
         return PrefectReads(results, {}, cause)  # the worker read is dropped, whatever it found
@@ -100,7 +105,10 @@ def _settle(call: Callable[[], T]) -> T | BaseException:
 
 
 def _queue_results(config: Config, resolved: Mapping[int, ResolvedQueue | PrefectError],
-                   counts: Mapping[str, QueueCounts | PrefectError], now: datetime) -> list[QueueResult]:
+                   counts: Mapping[str, QueueCounts | PrefectError], now: datetime,
+                   pool_active: Mapping[str, int]) -> list[QueueResult]:
+    """Each queue's result. A pool's runs in use are its reported active slots (3.x), else what was counted
+    (2.x); a count that failed leaves the pool looking free, so its runs stay demand."""
     results = []
     for queue in config.queues:
         outcome = resolved[queue.index]
@@ -113,7 +121,9 @@ def _queue_results(config: Config, resolved: Mapping[int, ResolvedQueue | Prefec
         else:
             backlog = read.with_queue_state(
                 now, paused=outcome.paused, queue_limit=outcome.concurrency_limit,
-                pool_limit_full=limit_reached(outcome.pool_concurrency_limit, outcome.pool_active_slots))
+                pool_limit_full=limit_reached(outcome.pool_concurrency_limit,
+                                              outcome.pool_active_slots if outcome.pool_active_slots is not None
+                                              else pool_active.get(outcome.pool)))
             results.append(QueueResult(config=queue, resolved=outcome, counts=read, backlog=backlog))
     return results
 

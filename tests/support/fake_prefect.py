@@ -147,7 +147,11 @@ class FakePrefect:
         return self._page([p for p in self.pools.values() if p["id"] in ids], body)
 
     def _matching(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        ids = body["work_pool_queues"]["id"]["any_"]
+        if "work_pool_queues" in body:
+            ids = body["work_pool_queues"]["id"]["any_"]
+        else:  # a whole pool, by name
+            pools = body["work_pools"]["name"]["any_"]
+            ids = [q["id"] for q in self.queues if q["work_pool_name"] in pools]
         flow_runs = body.get("flow_runs", {})
         state = flow_runs.get("state", {})
         before = flow_runs.get("next_scheduled_start_time", {}).get("before_")

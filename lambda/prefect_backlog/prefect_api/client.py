@@ -70,6 +70,10 @@ class PrefectClient:
         with self._fanout(fanout) as pool:
             return RunReader(self.http, pool, self.depth_memory, now, 0).read_in_flight(queues)
 
+    def pool_active_runs(self, pools: Iterable[str], fanout: Fanout | None = None) -> dict[str, int | PrefectError]:
+        with self._fanout(fanout) as pool:
+            return queries.pool_active_runs(self.http, pool, pools)
+
     def reschedule_if_stuck(self, run_id: str, now: datetime, stuck_after_seconds: float) -> bool:
         return queries.reschedule_if_stuck(self.http, run_id, now, stuck_after_seconds)
 

@@ -143,3 +143,18 @@ def crash_if_orphaned(http: PrefectHttp, run: RunFacts, cause: str) -> bool:
     result = http.request("POST", f"{path}/set_state", {"state": {"type": "CRASHED", "name": "Crashed",
                                                                   "message": cause}, "force": False})
     return isinstance(result, dict) and result.get("status") == "ACCEPT"
+
+
+def pool_active_runs(http: PrefectHttp, fanout: Fanout, pools: Iterable[str]) -> dict[str, int | PrefectError]:
+    """Per pool, its Pending and Running runs: what its concurrency limit counts (one count per pool).
+
+    Prefect 3.x reports this as the pool's ``active_slots``; 2.x does not, so without this a 2.x pool
+    at its limit would look free, and the runs waiting on it would count as demand.
+    """
+    names = sorted(set(pools))
+
+    def count(pool: str) -> int:
+        return http.count({"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}},
+                           "work_pools": {"name": {"any_": [pool]}}})
+
+    return dict(zip(names, fanout.map(settled(count), names), strict=True))
