@@ -46,6 +46,7 @@ lint: setup
 prefect-venvs:
 	bash scripts/install-prefect.sh 2 .venvs/prefect2
 	bash scripts/install-prefect.sh 3 .venvs/prefect3
+	bash scripts/install-prefect.sh 3.9 .venvs/prefect39
 
 integration: setup prefect-venvs
 	$(PY) -m pytest -m integration

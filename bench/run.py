@@ -66,11 +66,12 @@ from bench.world import (
     plan_queue,
     seed_ecs,
 )
+from harness.prefect_server import PrefectServer
 from prefect_backlog.aws.cloudwatch import MAX_DATA_PER_PUT
 from prefect_backlog.aws.ecs import MAX_SERVICES_PER_DESCRIBE
 from prefect_backlog.config import Config, parse_config
-from prefect_backlog.prefect_api import DepthMemory, PrefectClient
-from prefect_backlog.tick import run_tick
+from prefect_backlog.prefect_api import PrefectClient
+from prefect_backlog.tick import WarmState, run_tick
 
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results.json"
 # The handler's read budget for a 1-minute invocation: 50 s timeout, 3 s kept for publishing.
@@ -83,8 +84,9 @@ log = logging.getLogger("bench")
 
 
 class Bench:
-    def __init__(self, api_url: str, moto_url: str, ticks: int) -> None:
-        self.api_url = api_url
+    def __init__(self, server: PrefectServer, moto_url: str, ticks: int) -> None:
+        self.server = server
+        self.api_url = server.api_url
         self.ticks = ticks
         self.ecs = aws_client("ecs", moto_url)
         self.ours_cloudwatch = aws_client("cloudwatch", moto_url)
@@ -99,14 +101,16 @@ class Bench:
     # --- one tick of each ----------------------------------------------------------
 
     def ours(self, config: Config, plans: Sequence[QueuePlan],
-             memory: DepthMemory) -> tuple[dict[str, Any], dict[tuple[str, str], int]]:
+             warm: WarmState) -> tuple[dict[str, Any], dict[tuple[str, str], int]]:
         self.ours_aws.reset()
         session = CountingSession(self.latency)
         client = PrefectClient(config.api_url, deadline=time.monotonic() + READ_BUDGET_SECONDS, session=session,
-                               depth_memory=memory)
-        wall, cpu = time.perf_counter(), time.process_time()
-        report = run_tick(config, client, ecs=self.ecs, cloudwatch=self.ours_cloudwatch, now=datetime.now(UTC))
+                               depth_memory=warm.depth)
+        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), self.server.cpu_seconds()
+        report = run_tick(config, client, ecs=self.ecs, cloudwatch=self.ours_cloudwatch, now=datetime.now(UTC),
+                          warm=warm)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        server_cpu = self.server.cpu_seconds() - server_cpu
         published = {name: self.ours_aws.published_values(name)
                      for name in ("LateFlowRuns", "DueFlowRuns", "PendingFlowRuns", "RunningFlowRuns")}
         for plan in plans:
@@ -119,6 +123,7 @@ class Bench:
         sample = {
             "wall_s": wall,
             "cpu_s": cpu,
+            "server_cpu_s": server_cpu,
             "read_s": report.duration_ms / 1000,
             "publish_s": wall - report.duration_ms / 1000,
             "prefect_requests": report.prefect_requests,
@@ -138,10 +143,11 @@ class Bench:
     def baseline(self, plans: Sequence[QueuePlan]) -> tuple[dict[str, Any], dict[tuple[str, str], int]]:
         self.base_aws.reset()
         session = CountingSession(self.latency)
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), self.server.cpu_seconds()
         report = baseline_tick(self.api_url, [(p.pool, p.queue) for p in plans], self.base_cloudwatch,
                                session=session)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        server_cpu = self.server.cpu_seconds() - server_cpu
         for plan in plans:
             if report.late.get((plan.pool, plan.queue)) != plan.late:
                 self.mismatches.append(f"baseline {plan.pool}/{plan.queue}: counted "
@@ -149,6 +155,7 @@ class Bench:
         sample = {
             "wall_s": wall,
             "cpu_s": cpu,
+            "server_cpu_s": server_cpu,
             "read_s": report.prefect_seconds,
             "publish_s": report.publish_seconds,
             "prefect_requests": report.prefect_requests,
@@ -205,9 +212,9 @@ class Bench:
         config = parse_config(config_context(self.api_url, plans))
         self.latency.seconds = latency_ms / 1000
         # One per scenario, as the handler keeps one per container: the warm-up tick starts without it.
-        depth_memory = DepthMemory()
+        warm = WarmState()
         runs: dict[str, Callable[[], tuple[dict[str, Any], dict[tuple[str, str], int]]]] = {
-            "ours": lambda: self.ours(config, plans, depth_memory),
+            "ours": lambda: self.ours(config, plans, warm),
             "baseline": lambda: self.baseline(plans),
         }
         began = time.monotonic()
@@ -325,7 +332,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "ours_first_wall_s": result["first_ticks"]["ours"]["wall_s"],
         "ours_first_prefect_requests": result["first_ticks"]["ours"]["prefect_requests"],
         **{f"{who}_{key}": median(samples, key) for who, samples in (("ours", ours), ("base", base))
-           for key in ("wall_s", "read_s", "publish_s", "cpu_s", "prefect_requests", "aws_calls")},
+           for key in ("wall_s", "read_s", "publish_s", "cpu_s", "server_cpu_s", "prefect_requests", "aws_calls")},
         **{f"{who}_wall_{bound.__name__}_s": bound(s["wall_s"] for s in samples)
            for who, samples in (("ours", ours), ("base", base)) for bound in (min, max)},
         "ours_aws_target": aws_target,
@@ -339,6 +346,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "ours_aws_by_operation": ours[-1]["aws_calls_by_operation"],
     }
     summary["speedup"] = summary["base_wall_s"] / summary["ours_wall_s"]
+    # What a tick costs the Prefect server, ours over the baseline's (below 1: ours costs it less).
+    summary["server_cpu_ratio"] = (summary["ours_server_cpu_s"] / summary["base_server_cpu_s"]
+                                   if summary["base_server_cpu_s"] else None)
     # The same ratio per tick pair (ours and baseline ran back to back): robust to drifting machine load.
     pairs = [b["wall_s"] / o["wall_s"] for o, b in zip(ours, base, strict=True)]
     summary["speedup_pairwise_median"] = float(statistics.median(pairs))
@@ -366,13 +376,17 @@ def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def markdown(results: dict[str, Any]) -> str:
     rows = results["scenarios"]
     lines = [
         "| scenario | queues | pools | services | runs | ours wall s (min-max) | baseline wall s (min-max) "
-        "| baseline/ours (pairwise) | ours first tick s (req) | ours CPU s | ours peak MiB | baseline peak MiB "
-        "| Late equal |",
-        "|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---|",
+        "| baseline/ours (pairwise) | Prefect server CPU ms/tick ours / baseline (ratio) "
+        "| ours first tick s (req) | ours CPU s | ours peak MiB | baseline peak MiB | Late equal |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---|",
     ]
     for r in rows:
         s = r["summary"]
@@ -381,6 +395,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {s['ours_wall_s']:.3f} ({s['ours_wall_min_s']:.3f}-{s['ours_wall_max_s']:.3f}) "
             f"| {s['base_wall_s']:.3f} ({s['base_wall_min_s']:.3f}-{s['base_wall_max_s']:.3f}) "
             f"| {s['speedup']:.2f}x ({s['speedup_pairwise_median']:.2f}x) "
+            f"| {s['ours_server_cpu_s'] * 1000:.0f} / {s['base_server_cpu_s'] * 1000:.0f} "
+            f"({_ratio(s['server_cpu_ratio'])}) "
             f"| {s['ours_first_wall_s']:.3f} ({s['ours_first_prefect_requests']:.0f}) | {s['ours_cpu_s']:.3f} "
             f"| {_mib(s['ours_peak_mib'])} | {_mib(s['base_peak_mib'])} | {r['late_equal_ticks']}/{r['ticks']} |")
     lines += [
@@ -442,7 +458,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-threads", type=int, default=SEED_THREADS,
                         help=f"threads creating the backlog (default {SEED_THREADS}: SQLite takes one writer)")
     parser.add_argument("--prefect-venv", type=Path, default=REPO_ROOT / ".venvs" / "prefect3",
-                        help="Prefect 3.x server virtualenv (scripts/install-prefect.sh 3 .venvs/prefect3)")
+                        help="Prefect 3.x server virtualenv (scripts/install-prefect.sh 3 .venvs/prefect3; "
+                             "3.9 .venvs/prefect39 for 3.9.1)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="raw results (default bench/results.json)")
     args = parser.parse_args(argv)
     args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
@@ -461,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A stopped run (SIGTERM) still unwinds, so both servers it started are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The bench world's workers carry no task ID in their names: the publisher would say so every tick.
+    logging.getLogger("prefect_backlog").setLevel(logging.ERROR)
     began = time.monotonic()
     results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(), "machine": machine(),
                                "args": {"sizes": args.sizes, "ticks": args.ticks, "deep": args.deep,
@@ -476,8 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         note(f"moto_server on {moto.endpoint_url}")
         server = stack.enter_context(BenchPrefectServer("3", args.prefect_venv, late_marking=False))
         results["prefect_startup_s"] = server.startup_seconds
-        note(f"Prefect 3 server on {server.api_url} (started in {server.startup_seconds:.0f}s)")
-        bench = Bench(server.api_url, moto.endpoint_url, args.ticks)
+        results["prefect_version"] = requests.get(f"{server.api_url}/admin/version", timeout=10).json()
+        note(f"Prefect {results['prefect_version']} server on {server.api_url} "
+             f"(started in {server.startup_seconds:.0f}s)")
+        bench = Bench(server, moto.endpoint_url, args.ticks)
         seeder = Seeder(server.api_url, args.seed_threads)
         services: set[str] = set()
 

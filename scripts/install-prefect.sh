@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Create a virtualenv holding a pinned Prefect server, for integration tests.
 #
-#   scripts/install-prefect.sh <2|3> <dest-venv-dir>
+#   scripts/install-prefect.sh <2|3|3.9> <dest-venv-dir>
 #
-#   2 -> prefect==2.18.3 (+ griffe<1 and pydantic<2, needed on today's index)
-#   3 -> prefect==3.8.8 with fastapi==0.150.0 (newer fastapi breaks server start)
+#   2   -> prefect==2.18.3 (+ griffe<1 and pydantic<2, needed on today's index)
+#   3   -> prefect==3.8.8 with fastapi==0.150.0 (newer fastapi breaks server start)
+#   3.9 -> prefect==3.9.1 (the newest 3.x on the index; it resolves its own pins)
 #
 # Every other package is held to the exact versions in
 # scripts/prefect<N>-constraints.txt (a pip freeze of a venv that was verified
@@ -14,7 +15,7 @@
 # <dest>/.prefect-install.log. Set PYTHON to choose the interpreter (python3).
 set -euo pipefail
 
-usage() { echo "usage: $0 <2|3> <dest-venv-dir>" >&2; exit 2; }
+usage() { echo "usage: $0 <2|3|3.9> <dest-venv-dir>" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 major=$1
 dest=$2
@@ -24,9 +25,10 @@ python=${PYTHON:-python3}
 case $major in
   2) version=2.18.3; pins=(prefect==2.18.3 griffe==0.49.0 pydantic==1.10.27) ;;
   3) version=3.8.8;  pins=(prefect==3.8.8 fastapi==0.150.0) ;;
+  3.9) version=3.9.1; pins=(prefect==3.9.1) ;;
   *) usage ;;
 esac
-constraints=$here/prefect$major-constraints.txt
+constraints=$here/prefect${major//./}-constraints.txt
 [ -f "$constraints" ] || { echo "missing $constraints" >&2; exit 1; }
 
 mkdir -p "$(dirname "$dest")"

@@ -27,3 +27,13 @@ def test_the_alarm_period_and_datapoints_come_from_the_template() -> None:
 
 def test_the_baseline_waits_for_late_marking_and_three_datapoints() -> None:
     assert time_to_scale.baseline().worst_case_s == 60 + 15 + 5 + 3 * 60
+
+
+@pytest.mark.parametrize(("fast", "lead"), [(False, 240 - (60 + 60)), (True, 240 - (10 + 10))])
+def test_a_run_scheduled_ahead_has_its_alarm_fired_before_it_is_due(fast: bool, lead: float) -> None:
+    template, packaged = time_to_scale.synthesize(time_to_scale.load_context(CDK_JSON, fast))
+    assert time_to_scale.scheduled_lead(time_to_scale.ours(template, packaged), packaged) == (240, lead)
+    context = time_to_scale.load_context(CDK_JSON, fast)
+    context["queues"] = [{**q, "prewarmSeconds": 0} for q in context["queues"]]
+    template, packaged = time_to_scale.synthesize(context)
+    assert time_to_scale.scheduled_lead(time_to_scale.ours(template, packaged), packaged) == (0, lead - 240)

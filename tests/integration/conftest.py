@@ -25,13 +25,16 @@ from tests.support.publisher_log import LogRecords
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTH_STRING = "prefect-admin:integration-secret"
-_VENV_ENV = {"2": "PREFECT2_VENV", "3": "PREFECT3_VENV"}
+_VENV_ENV = {"2": "PREFECT2_VENV", "3": "PREFECT3_VENV", "3.9": "PREFECT39_VENV"}
+# Every version-parametrized test runs on each: 2.18 (agents), 3.8 and the newest 3.x, 3.9.
+VERSIONS = ["2", "3", "3.9"]
+VERSION_IDS = ["prefect2", "prefect3", "prefect39"]
 
 
 def prefect_venv(version: str) -> Path:
     """Where the Prefect ``version`` ("2" or "3") server venv is expected."""
     env = _VENV_ENV[version]
-    return Path(os.environ.get(env) or REPO_ROOT / ".venvs" / f"prefect{version}")
+    return Path(os.environ.get(env) or REPO_ROOT / ".venvs" / f"prefect{version.replace('.', '')}")
 
 
 def require_venv(version: str) -> Path:
@@ -61,15 +64,20 @@ def prefect3_server() -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="session")
+def prefect39_server() -> Iterator[PrefectServer]:
+    yield from _serve("3.9", late_marking=False)
+
+
+@pytest.fixture(scope="session")
 def prefect3_auth_server() -> Iterator[PrefectServer]:
     """3.x with ``PREFECT_SERVER_API_AUTH_STRING`` = ``AUTH_STRING`` (basic auth)."""
     yield from _serve("3", late_marking=False, auth_string=AUTH_STRING)
 
 
-@pytest.fixture(params=["2", "3"], ids=["prefect2", "prefect3"])
+@pytest.fixture(params=VERSIONS, ids=VERSION_IDS)
 def prefect_server(request: pytest.FixtureRequest) -> PrefectServer:
     """Each session server in turn (tests using it run once per version)."""
-    server: PrefectServer = request.getfixturevalue(f"prefect{request.param}_server")
+    server: PrefectServer = request.getfixturevalue(f"prefect{request.param.replace('.', '')}_server")
     return server
 
 

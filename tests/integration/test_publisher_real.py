@@ -31,6 +31,7 @@ from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory, PrefectClient
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import run_tick
+from tests.integration.conftest import VERSION_IDS, VERSIONS
 from tests.support.lambda_context import FakeContext
 from tests.support.moto_aws import PUBLISHER
 
@@ -322,10 +323,10 @@ class DeepBacklog:
     since: float  # time.time() when its runs began to be created
 
 
-@pytest.fixture(scope="module", params=["2", "3"], ids=["prefect2", "prefect3"])
+@pytest.fixture(scope="module", params=VERSIONS, ids=VERSION_IDS)
 def deep_backlog(request: pytest.FixtureRequest) -> DeepBacklog:
     """One pool: q0 holds 211 due runs, q1..q7 five each (246 due in the pool, two pages)."""
-    server: PrefectServer = request.getfixturevalue(f"prefect{request.param}_server")
+    server: PrefectServer = request.getfixturevalue(f"prefect{request.param.replace('.', '')}_server")
     c = BacklogClient(server.api_url, auth_string=server.auth_string)
     pool = f"deep-{_suffix()}"
     since = time.time()
@@ -445,3 +446,29 @@ def test_deep_slices_and_a_warm_depth_memory_read_the_same_values(deep_backlog: 
         assert (after.late, after.due, after.pending, after.running) == (
             before.late, before.due, before.pending, before.running)
         assert 0 <= after.oldest_late_age_seconds - before.oldest_late_age_seconds < 30  # the same run, older
+
+
+# --- a pool's concurrency limit: 3.x reports the pool's active slots, 2.x does not ----------------
+
+
+def test_due_runs_behind_a_full_pool_are_no_demand(prefect_server: PrefectServer, client_for: ClientFor,
+                                                   aws: MotoAws) -> None:
+    """The pool's limit is used up by runs of a queue the publisher is not even configured for."""
+    c = client_for(prefect_server)
+    s = _suffix()
+    pool = f"limited-{s}"
+    waiting = c.target(pool, "default")
+    busy = c.target(pool, "busy")
+    c.request("PATCH", f"/work_pools/{pool}", {"concurrency_limit": 2})
+    for _ in range(3):
+        c.late_run(waiting.deployment_id, timedelta(minutes=4))
+    c.running_run(busy.deployment_id)
+    c.pending_run(busy.deployment_id)
+    aws.service(CLUSTER, "limited-worker", 1)
+    config = parse_config({"prefectApiUrl": prefect_server.api_url, "stackName": PUBLISHER,
+                           "queues": [entry(waiting, "default", "limited-worker", maxCapacity=3)]})
+    report = tick(config, aws)
+    assert report.queue_errors == 0, report.summary()
+    assert aws.value("ConcurrencyLimited", WorkPool=pool, WorkQueue="default") == 1
+    assert aws.value("LateFlowRuns", WorkPool=pool, WorkQueue="default") == 3
+    assert aws.value("DemandFlowRuns", ClusterName=CLUSTER, ServiceName="limited-worker") == 0
