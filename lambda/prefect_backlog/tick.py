@@ -226,9 +226,10 @@ def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[in
     queues = ", ".join(q.config.path for i in service.queue_indexes
                        if (q := by_index[i]).resolved is not None and q.resolved.id in queue_ids)
     example = next((r.worker_name for r in holding.unmapped if r.worker_name), None)
+    named = f"e.g. {example!r}" if example else "no prefect.worker.name label: not submitted by a 3.1.2+ worker"
     log.warning(
         f"ECS service {service.path}: {len(holding.unmapped)} in-flight run(s) of {queues} come from workers whose "
-        f"name holds no ECS task ID (e.g. {example!r}), so their tasks cannot be protected from scale-in; start "
+        f"name holds no ECS task ID ({named}), so their tasks cannot be protected from scale-in; start "
         "the worker with its task ID in its name: prefect worker start ... --name \"ecs-$(curl -s "
         "$ECS_CONTAINER_METADATA_URI_V4/task | python3 -c 'import json,sys; print(json.load(sys.stdin)"
         "[\\\"TaskARN\\\"].rsplit(\\\"/\\\", 1)[1])')\"",

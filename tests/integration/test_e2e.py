@@ -183,6 +183,9 @@ def invoke(synth: Synthesized, layer: Path, runtime: Path, endpoint: str) -> tup
         **synth.environment,
         **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": endpoint,
+        # botocore gzips PutMetricData bodies over 10 KB, and moto's standalone server (5.2.1) answers
+        # those with HTTP 500 (it decompresses them twice); real CloudWatch takes them.
+        "AWS_DISABLE_REQUEST_COMPRESSION": "true",
         "PYTHONPATH": os.pathsep.join(str(p) for p in (synth.asset_dir, layer, runtime)),
         "PATH": "/usr/bin:/bin",
         "NO_PROXY": "127.0.0.1,localhost",
