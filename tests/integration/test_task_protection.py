@@ -3,7 +3,7 @@
 Two workers, each named after a (fake) ECS task ID as the README tells users
 to start them, poll one queue each of a process pool and run real flows from
 local source. The publisher's tick reads those runs from the server and acts
-on an ECS stand-in (``tests/support/fake_ecs.py``: moto implements no
+on an ECS stand-in (``harness.fake_ecs.py``: moto implements no
 task-level ECS call) whose service holds the two workers' tasks and an idle
 one; CloudWatch is moto. Then one worker's whole process tree is SIGKILLed,
 as when its ECS task dies, and its run, Running forever on the server, must be
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from harness.backlog import BacklogClient
+from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer
 from harness.process_worker import (
     ProcessWorker,
@@ -35,7 +36,6 @@ from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import WarmState, run_tick
-from tests.support.fake_ecs import FakeEcs
 from tests.support.moto_aws import PUBLISHER
 
 if TYPE_CHECKING:

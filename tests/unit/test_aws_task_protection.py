@@ -1,6 +1,6 @@
 """Task protection applied to ECS: calls batched to their limits, nothing done twice, failures leave things be.
 
-moto does not implement the task-level calls (see tests/support/fake_ecs.py),
+moto does not implement the task-level calls (see harness.fake_ecs.py),
 so these use a stand-in with the API's shapes and limits; the throttling test
 runs a real botocore ECS client against a loopback server.
 """
@@ -18,11 +18,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from harness.fake_ecs import FakeEcs
 from prefect_backlog.aws.task_protection import ProtectionLedger, protection_minutes, reconcile
 from prefect_backlog.backlog import RunFacts
 from prefect_backlog.handler import ECS_CLIENT_CONFIG
 from prefect_backlog.protection import Holding
-from tests.support.fake_ecs import FakeEcs
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SERVICE = ("prefect", "process-worker")

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from harness.fake_ecs import FakeEcs
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import WarmState, run_tick
-from tests.support.fake_ecs import FakeEcs
 from tests.support.fake_prefect import API, NOW, PUBLISHER_CONTEXT, FakePrefect
 from tests.support.moto_aws import published
 

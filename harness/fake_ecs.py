@@ -1,4 +1,4 @@
-"""A stand-in for the task-level ECS API that task protection uses, with the real API's shapes and limits.
+"""A stand-in for the ECS API the publisher uses (services, tasks, protection), with the API's shapes and limits.
 
 moto 5.2 implements none of ListTasks-for-a-service (its services start no
 tasks), DescribeTasks for them, GetTaskProtection or UpdateTaskProtection, so
