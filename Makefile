@@ -10,7 +10,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export PYTHONPATH := $(CURDIR)/lambda:$(CURDIR)
 
-.PHONY: setup demo synth test unit lint integration prefect-venvs dry-run bench time-to-scale clean
+.PHONY: setup demo synth test unit lint integration prefect-venvs dry-run bench time-to-scale day-replay clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -61,6 +61,10 @@ dry-run:
 bench: setup
 	bash scripts/install-prefect.sh 3 .venvs/prefect3
 	$(PY) -m bench.run $(ARGS)
+
+## One realistic day replayed against the recipe, ours without and with pre-warm: Late run-seconds vs task-minutes (~40 s)
+day-replay: setup
+	$(PY) -m bench.day_replay $(ARGS)
 
 ## Worst-case time from a due flow run to the scale-out alarm, default and fast mode vs the baseline (~10 s)
 time-to-scale: setup

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 TRACKING_SCALE_OUT_DATAPOINTS = 3  # AWS: 3 one-minute datapoints above the target
-TRACKING_SCALE_IN_DATAPOINTS = 5  # AWS: 15 one-minute datapoints; compressed so the demo stays short
+AWS_SCALE_IN_DATAPOINTS = 15  # AWS: the managed low alarm wants 15 one-minute datapoints
+TRACKING_SCALE_IN_DATAPOINTS = 5  # compressed so the demo stays short
 TRACKING_SCALE_IN_RATIO = 0.9  # AWS's low alarm fires below 90 % of the target
 
 
@@ -133,10 +134,11 @@ def next_alarms(alarms: TrackingAlarms, backlog_per_task: float | None, target_v
 
 
 def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_task: float | None,
-                 running: int, desired: int) -> int | None:
+                 running: int, desired: int, scale_in_datapoints: int = TRACKING_SCALE_IN_DATAPOINTS) -> int | None:
     """The capacity target tracking sets this cycle, or None when it does not act.
 
-    It scales out once the high alarm has fired, in once the low alarm has,
+    It scales out once the high alarm has fired, in once the low alarm has
+    (``scale_in_datapoints`` in a row: AWS's 15, or the demo's compressed 5),
     and only in that alarm's direction.
     """
     if backlog_per_task is None:
@@ -144,7 +146,7 @@ def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_
     capacity = clamp(tracking_capacity(running, backlog_per_task, policies.target_value), policies)
     if alarms.high >= TRACKING_SCALE_OUT_DATAPOINTS and capacity > desired:
         return capacity
-    if alarms.low >= TRACKING_SCALE_IN_DATAPOINTS and capacity < desired:
+    if alarms.low >= scale_in_datapoints and capacity < desired:
         return capacity
     return None
 
