@@ -8,8 +8,8 @@ from demo import simulation as sim
 
 POLICIES = sim.ServicePolicies(
     resource_id="service/prefect/worker", min_capacity=0, max_capacity=10, target_value=4, step_threshold=1,
-    step_adjustments=tuple(sim.StepAdjustment(lower=k - 1, upper=k, change=k) for k in range(1, 10))
-    + (sim.StepAdjustment(lower=9, upper=None, change=10),))
+    step_adjustments=(*(sim.StepAdjustment(lower=k - 1, upper=k, change=k) for k in range(1, 10)),
+                      sim.StepAdjustment(lower=9, upper=None, change=10)))
 
 
 def test_a_burst_announced_ahead_is_worked_off_with_less_lateness_when_pre_warmed() -> None:
