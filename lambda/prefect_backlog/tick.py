@@ -230,9 +230,8 @@ def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[in
     log.warning(
         f"ECS service {service.path}: {len(holding.unmapped)} in-flight run(s) of {queues} come from workers whose "
         f"name holds no ECS task ID ({named}), so their tasks cannot be protected from scale-in; start "
-        "the worker with its task ID in its name: prefect worker start ... --name \"ecs-$(curl -s "
-        "$ECS_CONTAINER_METADATA_URI_V4/task | python3 -c 'import json,sys; print(json.load(sys.stdin)"
-        "[\\\"TaskARN\\\"].rsplit(\\\"/\\\", 1)[1])')\"",
+        "each worker with its task ID in its name: prefect worker start ... --name \"ecs-<the last part of TaskARN "
+        "from $ECS_CONTAINER_METADATA_URI_V4/task>\" (README: Name your workers after their task)",
         extra={"ecs_service": service.path, "unmapped": len(holding.unmapped), "queues": queues})
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from prefect_backlog import metrics
 from prefect_backlog.config import QUEUE_KEYS, TOP_LEVEL_KEYS
 from tests.infra.synth import REPO
 
@@ -30,7 +31,7 @@ SETTINGS: dict[str, Any] = {
     "prefectApiUrl": "http://prefect.internal:4200/api",
     "queues": [
         {"workPool": "ecs-pool", "workQueue": "default", "cluster": "prefect", "service": "ecs-worker",
-         "minCapacity": 1, "maxCapacity": 4, "targetBacklogPerTask": 10},
+         "minCapacity": 1, "maxCapacity": 4, "targetBacklogPerTask": 10, "prewarmSeconds": 120},
         {"workPool": "process-pool", "workQueue": "default", "cluster": "processes", "service": "process-worker",
          "maxCapacity": 6, "targetBacklogPerTask": 2, "runsInWorkerTask": True, "taskProtection": False},
     ],
@@ -149,3 +150,12 @@ def test_a_structured_setting_that_is_not_json_names_the_field(tmp_path: Path) -
     assert "prefectAuth: is a string that is not valid JSON" in result.stderr, result.stderr[-2000:]
     assert 'network: must be an object, got "subnet-0a1b2c3d"' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_published_metric_is_in_the_readme_with_its_unit() -> None:
+    section = (REPO / "README.md").read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {(name, unit) for row in section.splitlines() if row.startswith("| `")
+                  for unit in [row.split("|")[2].strip()] for name in re.findall(r"`([A-Za-z]+)`", row.split("|")[1])}
+    published = {(m.name, m.unit.value) for m in (*metrics.QUEUE_METRICS, *metrics.POOL_METRICS,
+                                                  *metrics.SERVICE_METRICS, *metrics.PUBLISHER_METRICS)}
+    assert published <= documented, published - documented
