@@ -111,11 +111,13 @@ class FakeEcs:
         self._call("GetTaskProtection", {"cluster": cluster, "tasks": tasks})
         assert len(tasks) <= 100
         now = self.now()
-        return {"protectedTasks": [
-            {"taskArn": self.tasks[t].arn,
-             "protectionEnabled": bool(self.tasks[t].protected_until and self.tasks[t].protected_until > now),
-             **({"expirationDate": self.tasks[t].protected_until} if self.tasks[t].protected_until else {})}
-            for t in tasks if t in self.tasks], "failures": []}
+
+        def state(task: FakeTask) -> dict[str, Any]:
+            until = task.protected_until
+            return {"taskArn": task.arn, "protectionEnabled": until is not None and until > now,
+                    **({"expirationDate": until} if until is not None else {})}
+
+        return {"protectedTasks": [state(self.tasks[t]) for t in tasks if t in self.tasks], "failures": []}
 
     def update_task_protection(self, *, cluster: str, tasks: list[str], protectionEnabled: bool,
                                expiresInMinutes: int = 120) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -23,9 +22,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from harness.processes import die_with_parent, prefect_environment
 
 HOST = "127.0.0.1"
 _LIVE: set[PrefectServer] = set()
@@ -132,19 +134,12 @@ class PrefectServer:
         return cmd
 
     def environment(self) -> dict[str, str]:
-        # Drop the caller's PREFECT_* settings (an exported PREFECT_API_URL or
-        # profile would leak into the server) and build our own.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(
-            PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-            VIRTUAL_ENV=str(self.venv),
-            PREFECT_HOME=str(self.home),
-            PREFECT_PROFILES_PATH=str(self.home / "profiles.toml"),
+        env = prefect_environment(
+            self.venv, self.home,
             PREFECT_UI_ENABLED="false",  # 2.x (3.x still reads it)
             PREFECT_SERVER_UI_ENABLED="false",  # 3.x
             PREFECT_SERVER_ANALYTICS_ENABLED="false",  # no telemetry calls to the internet
             PREFECT_API_URL=self.api_url,
-            PYTHONUNBUFFERED="1",
         )
         if self.auth_string:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
@@ -169,7 +164,7 @@ class PrefectServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: stop() kills uvicorn children too
-            preexec_fn=_term_when_parent_dies if self.die_with_parent else None,
+            preexec_fn=partial(die_with_parent, signal.SIGTERM) if self.die_with_parent else None,
         )
         _LIVE.add(self)
         try:
@@ -267,17 +262,6 @@ def session_cpu_seconds(session_id: int) -> float:
         if int(fields[3]) == session_id:
             ticks += sum(int(value) for value in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _term_when_parent_dies() -> None:
-    """In the child: get SIGTERM when the starting thread dies (Linux), so a
-    killed test run (SIGKILL, CI timeout; atexit does not run then) does not
-    leave a server behind. Start servers from a long-lived thread."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -48,9 +47,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
+
+from harness.processes import die_with_parent, prefect_environment
 
 _LIVE: set[ProcessWorker] = set()
 TAG_VAR = "PROCESS_WORKER_TAG"
@@ -153,13 +155,6 @@ def tagged_processes(tag: str) -> list[Proc]:
     return sorted(found, key=lambda p: p.pid)
 
 
-def _term_when_parent_dies() -> None:
-    # In the child: SIGKILL when the starting thread dies (Linux), so a killed
-    # pytest run does not leave a worker behind (its flow runs are cleaned by atexit only).
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 # --- the worker -----------------------------------------------------------------------------
 
 
@@ -234,17 +229,9 @@ class ProcessWorker:
         return cmd + self.extra_args
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(
-            PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-            VIRTUAL_ENV=str(self.venv),
-            PREFECT_HOME=str(self.home),
-            PREFECT_PROFILES_PATH=str(self.home / "profiles.toml"),
-            PREFECT_API_URL=self.api_url,
-            PYTHONUNBUFFERED="1",
-            COLUMNS="250",  # rich wraps worker log lines at 80 otherwise
-            **{TAG_VAR: self.tag},
-        )
+        env = prefect_environment(self.venv, self.home, PREFECT_API_URL=self.api_url,
+                                  COLUMNS="250",  # rich wraps worker log lines at 80 otherwise
+                                  **{TAG_VAR: self.tag})
         env.pop("PYTHONPATH", None)  # the caller's (pytest's) path must not leak into flow runs
         if self.auth_string:
             env["PREFECT_API_AUTH_STRING"] = self.auth_string
@@ -313,7 +300,7 @@ class ProcessWorker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_term_when_parent_dies if self.die_with_parent else None,
+            preexec_fn=partial(die_with_parent, signal.SIGKILL) if self.die_with_parent else None,
         )
         _LIVE.add(self)
         if wait:
