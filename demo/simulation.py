@@ -30,6 +30,10 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
   Pending or Running; a worker that submits each run as its own ECS task holds
   it only while Pending. A run still held by a task dies with it when ECS
   stops the task: its process is gone, and Prefect shows it in flight forever.
+  Workers claim just before each sample, so no run is claimed between the
+  publisher protecting tasks and ECS acting on a scale-in. In production they
+  poll all the time: a run claimed after a sample and before the scale-in
+  lands (up to a minute) is not protected yet. The demo does not show that race.
 
 Cooldowns are left out: the step policy's 60 s is one cycle, and the target
 tracking scale-in cooldown only matters after a first scale-in, which here
