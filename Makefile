@@ -23,10 +23,11 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## Main job: the whole loop locally (real Prefect 3 server, publisher, moto, simulated scaling); chart in out/
+## Main job: the whole loop locally (real Prefect 3 server, publisher, moto CloudWatch, simulated ECS and scaling); chart in out/.
+## ARGS="--no-protection" runs it with taskProtection off, to show what protection prevents.
 demo: setup
 	bash scripts/install-prefect.sh 3 .venvs/prefect3
-	$(PY) -m demo.run
+	$(PY) -m demo.run $(ARGS)
 
 ## Synthesize the stack from the example config in cdk.json and summarize it (no AWS account needed).
 synth: setup

@@ -1,4 +1,4 @@
-"""What Application Auto Scaling and ECS would do with the published signal: pure functions, one cycle at a time.
+"""What Application Auto Scaling, ECS and the workers would do with the published signal, one cycle at a time.
 
 The demo publishes real metrics; AWS is not there to act on them, so this
 module plays its part. The parameters (capacity bounds, target value, step
@@ -18,7 +18,22 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
   the threshold, as in ``StepScalingPolicyConfiguration``). It never scales in;
 * when several policies act, the largest capacity wins; when none acts, the
   desired count stays. Missing data (nothing published) is no action;
-* ECS: tasks asked for in one cycle are running in the next.
+* ECS: the desired count set after one cycle's sample is acted on at the
+  start of the next cycle, before its sample: missing tasks start (and are
+  running, so the publisher sees them and their workers claim runs in that
+  cycle); on scale-in, ECS stops the excess tasks chosen at random among the
+  *unprotected* ones. Protected tasks are skipped, so a service may stay above
+  its desired count while its tasks are protected, as ECS does;
+* workers: each running task hosts one worker. A worker holds at most its
+  slots of runs at once and claims due runs (oldest first) into free slots.
+  A run that lives in its worker's task (Process worker) holds a slot while
+  Pending or Running; a worker that submits each run as its own ECS task holds
+  it only while Pending. A run still held by a task dies with it when ECS
+  stops the task: its process is gone, and Prefect shows it in flight forever.
+  Workers claim just before each sample, so no run is claimed between the
+  publisher protecting tasks and ECS acting on a scale-in. In production they
+  poll all the time: a run claimed after a sample and before the scale-in
+  lands (up to a minute) is not protected yet. The demo does not show that race.
 
 Cooldowns are left out: the step policy's 60 s is one cycle, and the target
 tracking scale-in cooldown only matters after a first scale-in, which here
@@ -27,8 +42,10 @@ already goes to what the backlog needs.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Mapping
+import random
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,21 +188,99 @@ def next_desired(desired: int, asks: Iterable[int | None]) -> int:
     return max(acting) if acting else desired
 
 
+# --- ECS ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaleAction:
+    """What ECS does to one service at the start of a cycle: start new tasks, or stop some."""
+
+    start: int = 0
+    stop: tuple[str, ...] = ()
+
+
+def ecs_scale(live: Sequence[str], protected: Collection[str], desired: int, rng: random.Random) -> ScaleAction:
+    """Bring ``live`` tasks towards ``desired`` as the ECS service scheduler does.
+
+    Scale-out starts the missing tasks. Scale-in stops the excess, chosen at
+    random (``rng``) among the tasks not protected from scale-in; protected
+    tasks are skipped, so fewer (or none) may stop and the service stays above
+    ``desired`` until they are released.
+    """
+    if desired >= len(live):
+        return ScaleAction(start=desired - len(live))
+    candidates = sorted(t for t in live if t not in protected)  # sorted: the pick depends on the seed only
+    count = min(len(live) - desired, len(candidates))
+    return ScaleAction(stop=tuple(sorted(rng.sample(candidates, count))))
+
+
+def split_stopped(stopped: Iterable[str], busy: Collection[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The stopped tasks as (idle, busy): busy ones held a flow run when they were stopped."""
+    ordered = sorted(stopped)
+    return tuple(t for t in ordered if t not in busy), tuple(t for t in ordered if t in busy)
+
+
+def tasks_up_from(running: Sequence[int], needed: int, due_cycle: int) -> int | None:
+    """From which cycle ``needed`` tasks were running for runs due at ``due_cycle``.
+
+    When they were up at ``due_cycle``: the first cycle of the unbroken stretch
+    leading to it (negative lead: they were early). Otherwise the first cycle
+    after it with ``needed`` tasks running; None if that never came.
+    """
+    if due_cycle < len(running) and running[due_cycle] >= needed:
+        first = due_cycle
+        while first > 0 and running[first - 1] >= needed:
+            first -= 1
+        return first
+    return next((c for c in range(due_cycle + 1, len(running)) if running[c] >= needed), None)
+
+
+def cycle_position(moment: float, cycle_starts: Sequence[float], interval: float) -> float:
+    """Where ``moment`` falls on a time axis counted in cycles, from when each cycle started.
+
+    Between two starts, it is interpolated; before the first or after the
+    last, extrapolated at ``interval`` seconds per cycle.
+    """
+    if not cycle_starts:
+        return moment / interval
+    if moment < cycle_starts[0]:
+        return (moment - cycle_starts[0]) / interval
+    for cycle, (start, end) in enumerate(itertools.pairwise(cycle_starts)):
+        if start <= moment < end:
+            return cycle + (moment - start) / (end - start)
+    return len(cycle_starts) - 1 + (moment - cycle_starts[-1]) / interval
+
+
+def cycles_for(production_seconds: float, sample_seconds: float = 60.0) -> int:
+    """How many demo cycles stand for ``production_seconds``: one cycle is one sample (a minute)."""
+    return round(production_seconds / sample_seconds)
+
+
 # --- the work ---------------------------------------------------------------------------------
 
 
-def claims_this_cycle(running_tasks: int, claims_per_task: int, waiting: int, in_flight: int,
-                      runs_per_task: int | None) -> int:
-    """How many due runs the service's running tasks pick up in one cycle.
+def holds_task(state: str, runs_in_worker_task: bool) -> bool:
+    """Whether a claimed run still needs its worker's task (and dies with it).
 
-    Each task claims up to ``claims_per_task`` runs per cycle. A worker whose
-    runs live in its own task (``runs_per_task`` set: a Process worker's
-    concurrency) also stops at ``running_tasks * runs_per_task`` runs in flight.
+    A run that executes inside the worker task (Process worker) needs it while
+    Pending or Running; a run the worker submits as its own ECS task, only
+    while Pending (the worker is still submitting it).
     """
-    budget = running_tasks * claims_per_task
-    if runs_per_task is not None:
-        budget = min(budget, running_tasks * runs_per_task - in_flight)
-    return max(0, min(budget, waiting))
+    return state == "PENDING" or (runs_in_worker_task and state == "RUNNING")
+
+
+def assign_claims(free_slots: Sequence[tuple[str, int]], waiting: int) -> list[str]:
+    """Which task's worker claims each of ``waiting`` due runs (oldest first), in order.
+
+    The tasks' workers take runs in turn of ``free_slots`` (task, free slots),
+    each filling its free slots before the next: what workers polling one
+    after another do. Runs beyond the free slots stay waiting.
+    """
+    claimed: list[str] = []
+    for task, free in free_slots:
+        take = max(0, min(free, waiting - len(claimed)))
+        claimed += [task] * take
+    return claimed
 
 
 def next_run_state(state: str, cycles_in_state: int, run_cycles: int) -> str:

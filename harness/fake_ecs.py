@@ -61,6 +61,10 @@ class FakeEcs:
         """ECS forgets stopped tasks after about an hour: DescribeTasks then answers MISSING."""
         del self.tasks[task_id]
 
+    def live(self, cluster: str, service: str) -> list[str]:
+        """IDs of the service's tasks that have not stopped, oldest first."""
+        return [t.id for t in self._live(cluster, service)]
+
     def protected(self, cluster: str, service: str) -> set[str]:
         now = self.now()
         return {t.id for t in self._live(cluster, service) if t.protected_until and t.protected_until > now}
@@ -111,13 +115,7 @@ class FakeEcs:
         self._call("GetTaskProtection", {"cluster": cluster, "tasks": tasks})
         assert len(tasks) <= 100
         now = self.now()
-
-        def state(task: FakeTask) -> dict[str, Any]:
-            until = task.protected_until
-            return {"taskArn": task.arn, "protectionEnabled": until is not None and until > now,
-                    **({"expirationDate": until} if until is not None else {})}
-
-        return {"protectedTasks": [state(self.tasks[t]) for t in tasks if t in self.tasks], "failures": []}
+        return {"protectedTasks": [_protection(self.tasks[t], now) for t in tasks if t in self.tasks], "failures": []}
 
     def update_task_protection(self, *, cluster: str, tasks: list[str], protectionEnabled: bool,
                                expiresInMinutes: int = 120) -> dict[str, Any]:
@@ -135,3 +133,10 @@ class FakeEcs:
             changed.append({"taskArn": task.arn, "protectionEnabled": protectionEnabled,
                             **({"expirationDate": task.protected_until} if protectionEnabled else {})})
         return {"protectedTasks": changed, "failures": failures}
+
+
+def _protection(task: FakeTask, now: datetime) -> dict[str, Any]:
+    """GetTaskProtection's entry for one task."""
+    until = task.protected_until
+    return {"taskArn": task.arn, "protectionEnabled": until is not None and until > now,
+            **({"expirationDate": until} if until else {})}
