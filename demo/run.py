@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import boto3
 import requests
@@ -243,9 +243,7 @@ class SimulatedEcs:
 
     def __init__(self, services: Sequence[ServiceKey], rng: random.Random) -> None:
         self.api = FakeEcs()
-        # What the publisher calls. FakeEcs has ECS's keyword signatures, which mypy does not match to the
-        # protocol's ``list_tasks(**kwargs)``; the calls the publisher makes are the ones FakeEcs takes.
-        self.client = cast(EcsTaskClient, self.api)
+        self.client: EcsTaskClient = self.api  # what the publisher calls
         self.rng = rng
         for cluster, service in services:
             self.api.service(cluster, service)

@@ -31,7 +31,8 @@ class EcsClient(Protocol):
 class EcsTaskClient(EcsClient, Protocol):
     """The task-level calls of task protection (moto implements none of them; tests use a stand-in)."""
 
-    def list_tasks(self, **kwargs: Any) -> Any: ...
+    def list_tasks(self, *, cluster: str, serviceName: str, desiredStatus: str = ..., maxResults: int = ...,
+                   nextToken: str = ...) -> Any: ...
 
     def describe_tasks(self, *, cluster: str, tasks: list[str]) -> Any: ...
 
