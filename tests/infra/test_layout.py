@@ -51,10 +51,11 @@ def fleet(queues: int, services: int, pools: int, *, pool_less: int = 0, **top: 
 
 
 def plus_one(context: dict[str, Any]) -> dict[str, Any]:
-    """The same fleet with one more queue in an existing pool, on a new ECS service."""
+    """The same fleet with one more queue in an existing pool, on a new ECS service, listed first: every other
+    queue and service moves one place down the configuration, which must not move anything in the stacks."""
     extra = {"workPool": "pool-0", "workQueue": "one-more", "cluster": "cluster-new", "service": "worker-new",
              "maxCapacity": 3}
-    return {**context, "queues": [*context["queues"], extra]}
+    return {**context, "queues": [extra, *context["queues"]]}
 
 
 FLEETS: dict[str, dict[str, Any]] = {
