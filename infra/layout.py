@@ -33,10 +33,10 @@ conditions are Metrics Insights alarms combined by composite alarms), a pool
 2. 32 shards keep the worst one well under CloudFormation's 500: 1,000 queues
 on 200 services in 20 pools put 16-72 resources in a shard monitored per pool
 (the default at that size) and 93-160 per queue. The spread of names puts about
-94 of 2,500 services (470 resources) in the fullest shard, 112 of 3,000 (the
-default scalable-target quota): the layout holds about 2,500 services, and the
-stack refuses (infra/stack.py), with the counts, a configuration that would
-put more than 500 resources in one stack.
+94 of 2,500 services (470 resources) in the fullest shard, 112 of 3,000: the
+shards hold about 2,500 services (the publisher's role holds fewer, about
+1,500: infra/service_access.py), and the stack refuses (infra/stack.py), with
+the counts, a configuration that would put more than 500 resources in one stack.
 """
 
 from __future__ import annotations

@@ -18,15 +18,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from infra import quotas
 from infra.assembly import ROOT, StackTemplates, read, root_stack_names
 
 SERVICES_LISTED = 12  # one line each up to this many; beyond, grouped by their settings
 NAMES_PER_GROUP = 3
 STACKS_PER_LINE = 6
-METRICS_INSIGHTS_ALARMS_QUOTA = 200  # per Region, adjustable
-ECS_SCALABLE_TARGETS_QUOTA = 3000  # per Region, adjustable
-STACKS_QUOTA = 2000  # CloudFormation stacks per Region (nested stacks count), adjustable
-ALARMS_PER_TARGET_TRACKING_POLICY = 2  # created and owned by Application Auto Scaling (high and low)
 
 
 def summarize(stack: StackTemplates) -> str:
@@ -88,15 +85,21 @@ def _quotas(stack: StackTemplates) -> list[str]:
                    if r["Properties"].get("PolicyType") == "TargetTrackingScaling")
     composite = sum(1 for _ in stack.resources("AWS::CloudWatch::CompositeAlarm"))
     targets = sum(1 for _ in stack.resources("AWS::ApplicationAutoScaling::ScalableTarget"))
-    return [
-        "Account quotas a synth cannot see (this configuration's use; defaults, per Region):",
-        f"  metric alarms (standard):  {len(alarms) - insights:5d} + {ALARMS_PER_TARGET_TRACKING_POLICY * tracking} "
-        "that target tracking creates (no quota; each is billed)",
-        f"  Metrics Insights alarms:   {insights:5d} of {METRICS_INSIGHTS_ALARMS_QUOTA}",
-        f"  composite alarms:          {composite:5d} (no quota; each is billed)",
-        f"  ECS scalable targets:      {targets:5d} of {ECS_SCALABLE_TARGETS_QUOTA:,}",
-        f"  CloudFormation stacks:     {len(stack.templates):5d} of {STACKS_QUOTA:,} (the root and its nested stacks)",
+    managed = sum(1 for _ in stack.resources("AWS::IAM::ManagedPolicy"))
+    tracking_alarms = quotas.ALARMS_PER_TARGET_TRACKING_POLICY * tracking
+    rows = [
+        ("metric alarms (standard)", f"{len(alarms) - insights:5d} + {tracking_alarms} that target tracking creates "
+                                     "(no quota; each is billed)"),
+        ("Metrics Insights alarms", f"{insights:5d} of {quotas.METRICS_INSIGHTS_ALARMS}"),
+        ("composite alarms", f"{composite:5d} (no quota; each is billed)"),
+        ("ECS scalable targets", f"{targets:5d} of {quotas.ECS_SCALABLE_TARGETS:,}"),
+        ("CloudFormation stacks", f"{len(stack.templates):5d} of {quotas.CLOUDFORMATION_STACKS:,} (the root and its "
+                                  "nested stacks)"),
+        ("IAM managed policies", f"{managed:5d} of {quotas.MANAGED_POLICIES_PER_ROLE} on the publisher's role "
+                                 f"(adjustable to {quotas.MAX_MANAGED_POLICIES_PER_ROLE}): ecs:DescribeServices"),
     ]
+    return ["Account quotas a synth cannot see (what this configuration uses of AWS's default quotas):",
+            *(f"  {label + ':':26s}{value}" for label, value in rows)]
 
 
 def _scaling(stack: StackTemplates) -> list[str]:

@@ -210,6 +210,45 @@ def test_a_big_fleet_is_spread_with_room_to_spare(fleets: dict[str, Synthesized]
     assert max(per_queue.values()) <= 150, per_queue
 
 
+WORST_CASE = {"AWS::Partition": "aws-us-gov", "AWS::Region": "xx-xxxxxxxxx-xx", "AWS::AccountId": "123456789012"}
+
+
+def resolved(value: Any) -> Any:
+    """A policy value with its pseudo parameters at their longest (the partition and region with the most
+    characters), as IAM would measure it; any other reference as 100 characters."""
+    if isinstance(value, dict) and set(value) == {"Fn::Join"}:
+        return "".join(str(resolved(part)) for part in value["Fn::Join"][1])
+    if isinstance(value, dict) and set(value) & {"Ref", "Fn::GetAtt"}:
+        return WORST_CASE.get(value.get("Ref", ""), "x" * 100)
+    if isinstance(value, dict):
+        return {k: resolved(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolved(v) for v in value]
+    return value
+
+
+def test_the_publisher_describes_exactly_its_services_within_iam_limits(fleets: dict[str, Synthesized]) -> None:
+    """Each service by its ARN (no wildcard), in managed policies of at most 6,144 characters, no more than IAM's
+    default 10 per role, and the role's inline policies under 10,240 characters together."""
+    result = fleets["1,000 queues"]
+    config = parse_config(result.context)
+    root = result.templates.by_name[ROOT]["Resources"]
+    managed = [r["Properties"] for r in root.values() if r["Type"] == "AWS::IAM::ManagedPolicy"]
+    inline = [r["Properties"] for r in root.values() if r["Type"] == "AWS::IAM::Policy"
+              and "Publisher" in json.dumps(r["Properties"]["Roles"])]
+    described = [arn for policy in managed + inline for statement in policy["PolicyDocument"]["Statement"]
+                 if "ecs:DescribeServices" in json.dumps(statement["Action"])
+                 for arn in resolved(statement["Resource"] if isinstance(statement["Resource"], list)
+                                     else [statement["Resource"]])]
+    prefix = f"arn:{WORST_CASE['AWS::Partition']}:ecs:{WORST_CASE['AWS::Region']}:{WORST_CASE['AWS::AccountId']}"
+    assert sorted(described) == sorted(f"{prefix}:service/{s.path}" for s in config.services)
+    assert 1 < len(managed) <= 10
+    for policy in managed:
+        assert len(policy["Roles"]) == 1 and "Publisher" in json.dumps(policy["Roles"])
+        assert len(json.dumps(resolved(policy["PolicyDocument"]), separators=(",", ":"))) <= 6_144
+    assert sum(len(json.dumps(resolved(p["PolicyDocument"]), separators=(",", ":"))) for p in inline) <= 10_240
+
+
 # --- determinism: one more queue moves nothing ---------------------------------------------------------
 
 

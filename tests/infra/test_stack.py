@@ -50,7 +50,8 @@ def several() -> tuple[PrefectAutoscalerStack, Templates]:
 
 
 def statements(template: Templates) -> list[dict[str, Any]]:
-    policies = template.find_resources("AWS::IAM::Policy")
+    """Every statement of the inline and customer-managed policies (DescribeServices has managed ones)."""
+    policies = {**template.find_resources("AWS::IAM::Policy"), **template.find_resources("AWS::IAM::ManagedPolicy")}
     return [s for p in policies.values() for s in p["Properties"]["PolicyDocument"]["Statement"]]
 
 
