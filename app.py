@@ -16,7 +16,8 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from infra.stack import PrefectAutoscalerStack
+from infra.assembly import read
+from infra.stack import PrefectAutoscalerStack, check_template_sizes
 from prefect_backlog.config import ConfigError, parse_config
 
 
@@ -26,15 +27,17 @@ def main() -> None:
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     try:
         config = parse_config(app.node.get_all_context())
-        # The stack also refuses a configuration too big for one stack or one dashboard.
-        PrefectAutoscalerStack(
+        # The stack also refuses a configuration beyond what its nested-stack layout holds (500 resources per
+        # stack, 500 widgets per dashboard), and the written templates one over CloudFormation's 1 MB.
+        stack = PrefectAutoscalerStack(
             app, config.stack_name, config=config,
             env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
                                 region=os.environ.get("CDK_DEFAULT_REGION")))
+        assembly = app.synth()
+        check_template_sizes(read(Path(assembly.directory), stack.artifact_id))
     except ConfigError as error:
         print(f"Configuration error (cdk.json context or -c options): {error}", file=sys.stderr)
         sys.exit(1)
-    app.synth()
 
 
 if __name__ == "__main__":

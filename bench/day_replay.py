@@ -189,7 +189,7 @@ def ours_policies() -> sim.ServicePolicies:
     from demo.synth import synthesize  # starts jsii: only here
 
     config = parse_config(CONTEXT)
-    return sim.policies_from_template(synthesize(CONTEXT))[config.services[0].resource_id]
+    return sim.policies_from_templates(synthesize(CONTEXT).values())[config.services[0].resource_id]
 
 
 def render(outcomes: Sequence[Outcome], runs: Sequence[Run]) -> str:

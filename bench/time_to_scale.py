@@ -4,10 +4,11 @@
     PYTHONPATH=lambda:. .venv/bin/python -m bench.time_to_scale --template cdk.out/PrefectEcsAutoscaler.template.json
 
 By default the stack is synthesized in-process from the configuration in
-``cdk.json`` (``infra.stack.PrefectAutoscalerStack`` read back with
-``aws_cdk.assertions.Template``); ``--template`` reads one ``cdk synth`` wrote
-instead (the Lambda package is then found through the function's
-``aws:asset:path`` metadata beside it).
+``cdk.json`` (``infra.stack.PrefectAutoscalerStack``, every template read back
+with ``infra.assembly``: the scaling policies live in nested stacks);
+``--template`` reads the root template ``cdk synth`` wrote, and its nested
+templates beside it, instead (the Lambda package is then found through the
+function's ``aws:asset:path`` metadata beside it).
 
     worst case = sampling interval + Late-marking delay + datapoints to alarm x alarm period
 
@@ -48,6 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.assembly import StackTemplates, read
 from infra.packaging import CONFIG_FILE_NAME
 from prefect_backlog.backlog import DUE_STATE_NAMES
 from prefect_backlog.config import parse_config
@@ -96,9 +98,9 @@ def resources(template: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any
     return {k: v for k, v in template.get("Resources", {}).items() if v.get("Type") == kind}
 
 
-def schedule_seconds(template: Mapping[str, Any]) -> float:
+def schedule_seconds(stack: StackTemplates) -> float:
     """The publisher schedule's rate in seconds (there is one schedule; a cron expression is not a rate)."""
-    schedules = resources(template, "AWS::Scheduler::Schedule")
+    schedules = stack.of_type("AWS::Scheduler::Schedule")
     if len(schedules) != 1:
         raise ValueError(f"expected one AWS::Scheduler::Schedule, found {len(schedules)}")
     expression = next(iter(schedules.values()))["Properties"]["ScheduleExpression"]
@@ -108,24 +110,25 @@ def schedule_seconds(template: Mapping[str, Any]) -> float:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")]
 
 
-def step_scale_out_alarms(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Alarms on TaskShortfall whose action is a StepScaling policy: the scale-out path, per service."""
-    step_policies = {k for k, v in resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
-                     if v["Properties"].get("PolicyType") == "StepScaling"}
+def step_scale_out_alarms(stack: StackTemplates) -> dict[str, dict[str, Any]]:
+    """Alarms on TaskShortfall whose action is a StepScaling policy (of the same template): the scale-out path."""
     alarms = {}
-    for logical_id, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
-        props = alarm["Properties"]
-        actions = {a.get("Ref") for a in props.get("AlarmActions", []) if isinstance(a, dict)}
-        if props.get("MetricName") == TASK_SHORTFALL.name and actions & step_policies:
-            alarms[logical_id] = props
+    for template in stack.templates.values():
+        step_policies = {k for k, v in resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
+                         if v["Properties"].get("PolicyType") == "StepScaling"}
+        for logical_id, alarm in resources(template, "AWS::CloudWatch::Alarm").items():
+            props = alarm["Properties"]
+            actions = {a.get("Ref") for a in props.get("AlarmActions", []) if isinstance(a, dict)}
+            if props.get("MetricName") == TASK_SHORTFALL.name and actions & step_policies:
+                alarms[logical_id] = props
     if not alarms:
         raise ValueError(f"no step scaling alarm on {TASK_SHORTFALL.name} in the template")
     return alarms
 
 
-def package_config(template: Mapping[str, Any], asset_root: Path) -> dict[str, Any] | None:
+def package_config(stack: StackTemplates, asset_root: Path) -> dict[str, Any] | None:
     """The configuration packaged into the publisher Lambda (None when the asset is not on disk)."""
-    for function in resources(template, "AWS::Lambda::Function").values():
+    for function in stack.of_type("AWS::Lambda::Function").values():
         path = function.get("Metadata", {}).get("aws:asset:path")
         if path and (asset_root / path / PACKAGE_CONFIG).is_file():
             loaded: dict[str, Any] = json.loads((asset_root / path / PACKAGE_CONFIG).read_text())
@@ -133,7 +136,7 @@ def package_config(template: Mapping[str, Any], asset_root: Path) -> dict[str, A
     return None
 
 
-def ours(template: Mapping[str, Any], packaged: Mapping[str, Any] | None, label: str = "ours") -> TimeToScale:
+def ours(stack: StackTemplates, packaged: Mapping[str, Any] | None, label: str = "ours") -> TimeToScale:
     """Our worst case, for the slowest step scale-out alarm in the template.
 
     The sampling interval comes from what is deployed: the packaged config
@@ -146,15 +149,15 @@ def ours(template: Mapping[str, Any], packaged: Mapping[str, Any] | None, label:
         sampling = deployed.sample_interval_seconds
         source = f"package config: fastMode, {deployed.samples_per_invocation} samples per invocation"
     elif deployed is not None:
-        sampling, source = schedule_seconds(template), "schedule rate"
+        sampling, source = schedule_seconds(stack), "schedule rate"
     else:  # a --template whose Lambda asset is not beside it: fast mode cannot be told apart
-        sampling, source = schedule_seconds(template), "schedule rate; no package config found, wrong if fastMode"
+        sampling, source = schedule_seconds(stack), "schedule rate; no package config found, wrong if fastMode"
     late_delay = 0.0 if "Scheduled" in DUE_STATE_NAMES else PREFECT_LATE_AFTER_SECONDS + PREFECT_LATE_LOOP_SECONDS
 
     def cost(props: Mapping[str, Any]) -> float:
         return int(props.get("DatapointsToAlarm", props["EvaluationPeriods"])) * float(props["Period"])
 
-    name, props = max(step_scale_out_alarms(template).items(), key=lambda item: cost(item[1]))
+    name, props = max(step_scale_out_alarms(stack).items(), key=lambda item: cost(item[1]))
     return TimeToScale(
         name=f"{label} (step scale-out on TaskShortfall)", sampling_interval_s=sampling, sampling_source=source,
         late_delay_s=late_delay, period_s=float(props["Period"]),
@@ -183,13 +186,13 @@ def baseline() -> TimeToScale:
 # --- getting a template -----------------------------------------------------------------------
 
 
-def synthesize(context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Synthesize the stack in-process; the template and the configuration packaged into the Lambda."""
+def synthesize(context: Mapping[str, Any]) -> tuple[StackTemplates, dict[str, Any] | None]:
+    """Synthesize the stack in-process; its templates and the configuration packaged into the Lambda."""
     os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     import aws_cdk as cdk  # starts jsii's node process: only when synthesizing
-    from aws_cdk.assertions import Template
 
+    from infra.assembly import synthesize as synthesize_stack
     from infra.stack import PrefectAutoscalerStack
 
     config = parse_config(dict(context))
@@ -197,9 +200,8 @@ def synthesize(context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, An
     try:
         # Asset metadata (what the CLI turns on) says which staged directory is the Lambda's code.
         app = cdk.App(outdir=str(outdir), context={"aws:cdk:enable-asset-metadata": True})
-        stack = PrefectAutoscalerStack(app, config.stack_name, config=config)
-        template = dict(Template.from_stack(stack).to_json())
-        return template, package_config(template, outdir)
+        stack = synthesize_stack(PrefectAutoscalerStack(app, config.stack_name, config=config))
+        return stack, package_config(stack, outdir)
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
 
@@ -232,15 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 
-    def with_target(template: dict[str, Any],
+    def with_target(stack: StackTemplates,
                     packaged: dict[str, Any] | None) -> tuple[TimeToScale, int, tuple[int, float] | None]:
         fast = packaged is not None and parse_config(packaged).samples_per_invocation > 1
-        row = ours(template, packaged, "ours, fast mode" if fast else "ours")
+        row = ours(stack, packaged, "ours, fast mode" if fast else "ours")
         return row, TARGET_FAST_SECONDS if fast else TARGET_DEFAULT_SECONDS, scheduled_lead(row, packaged)
 
     if args.template:
-        template = json.loads(args.template.read_text())
-        targets = [with_target(template, package_config(template, args.template.parent))]
+        stack = read(args.template.parent, args.template.name.removesuffix(".template.json"))
+        targets = [with_target(stack, package_config(stack, args.template.parent))]
     else:  # the configuration as given, then the same with fast mode on
         targets = [with_target(*synthesize(load_context(args.context, fast)))
                    for fast in ((True,) if args.fast_mode else (False, True))]

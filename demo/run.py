@@ -147,8 +147,8 @@ LATE_MARKER_ENV = {"PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1"}
 
 
 @contextmanager
-def synthesizing(context: Mapping[str, Any]) -> Iterator[Callable[[], dict[str, Any]]]:
-    """Start ``demo.synth`` for ``context`` in the background; yields a function that waits for the template.
+def synthesizing(context: Mapping[str, Any]) -> Iterator[Callable[[], dict[str, dict[str, Any]]]]:
+    """Start ``demo.synth`` for ``context`` in the background; yields a function that waits for the templates.
 
     The child runs in its own session: Ctrl-C reaches only this process, and
     leaving the block early kills the child together with CDK's node process.
@@ -157,15 +157,15 @@ def synthesizing(context: Mapping[str, Any]) -> Iterator[Callable[[], dict[str, 
     child = subprocess.Popen([sys.executable, "-m", "demo.synth", json.dumps(context)], cwd=REPO_ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    def template() -> dict[str, Any]:
+    def templates() -> dict[str, dict[str, Any]]:
         out, err = child.communicate()
         if child.returncode != 0:
             raise RuntimeError(f"synthesizing the demo stack failed:\n{err.strip()}")
-        result: dict[str, Any] = json.loads(out)
+        result: dict[str, dict[str, Any]] = json.loads(out)
         return result
 
     try:
-        yield template
+        yield templates
     finally:
         if child.poll() is None:
             with suppress(ProcessLookupError):
@@ -714,12 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ExitStack() as stack:
             print("Starting a Prefect 3 server (SQLite, Late marker on) and moto (CloudWatch) on 127.0.0.1; "
                   "synthesizing ...")
-            template = stack.enter_context(synthesizing(context))  # overlaps the server's start
+            templates = stack.enter_context(synthesizing(context))  # overlaps the server's start
             server = stack.enter_context(PrefectServer("3", args.prefect_venv, late_marking=True,
                                                        extra_env=LATE_MARKER_ENV))
             endpoint = stack.enter_context(moto_server())
             server_up = time.monotonic() - began
-            by_resource = sim.policies_from_template(template())
+            by_resource = sim.policies_from_templates(templates().values())
             config = parse_config({**context, "prefectApiUrl": server.api_url})
             policies = {s.key: by_resource[s.resource_id] for s in config.services}
             ready = time.monotonic() - began

@@ -83,13 +83,22 @@ class ServicePolicies:
     step_adjustments: tuple[StepAdjustment, ...]
 
 
+def policies_from_templates(templates: Iterable[Mapping[str, Any]]) -> dict[str, ServicePolicies]:
+    """Every scalable target of a synthesized stack's templates (the root and its nested stacks, where
+    scaling lives: infra/layout.py) with its policies, by ``ResourceId``."""
+    found: dict[str, ServicePolicies] = {}
+    for template in templates:
+        found.update(policies_from_template(template))
+    return found
+
+
 def policies_from_template(template: Mapping[str, Any]) -> dict[str, ServicePolicies]:
-    """Every scalable target of a synthesized template with its policies, by ``ResourceId``.
+    """Every scalable target of one template with its policies, by ``ResourceId``.
 
     Policies point at their target with ``ScalingTargetId: {"Ref": ...}`` and
-    alarms at their policy with ``AlarmActions: [{"Ref": ...}]``.
+    alarms at their policy with ``AlarmActions: [{"Ref": ...}]``, always in the same template.
     """
-    resources: Mapping[str, Any] = template["Resources"]
+    resources: Mapping[str, Any] = template.get("Resources", {})
 
     def of_type(kind: str) -> dict[str, Mapping[str, Any]]:
         return {rid: r["Properties"] for rid, r in resources.items() if r["Type"] == kind}

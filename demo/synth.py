@@ -1,9 +1,10 @@
-"""Synthesize the stack for a configuration and print its CloudFormation template (JSON) on stdout.
+"""Synthesize the stack for a configuration and print its CloudFormation templates (JSON) on stdout.
 
     PYTHONPATH=lambda:. python -m demo.synth '<context as JSON>'
 
 The same as ``cdk synth`` minus the CLI: ``infra.stack.PrefectAutoscalerStack``
-built in an ``aws_cdk.App`` and read back with ``aws_cdk.assertions.Template``.
+built in an ``aws_cdk.App`` and every template read back (``infra.assembly``;
+the root and its nested stacks, by name).
 The demo runs this in a child process of its own, so that the node process
 CDK starts (jsii) ends with it, and overlaps it with the Prefect server's start.
 """
@@ -21,20 +22,20 @@ from typing import Any
 from prefect_backlog.config import parse_config
 
 
-def synthesize(context: Mapping[str, Any]) -> dict[str, Any]:
-    """The CloudFormation template ``cdk synth`` would produce for ``context``."""
+def synthesize(context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The CloudFormation templates ``cdk synth`` would produce for ``context``, by name ("root", "Shard07", ...)."""
     os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     import aws_cdk as cdk  # starts jsii's node process: imported only where needed
-    from aws_cdk.assertions import Template
 
+    from infra.assembly import synthesize as synthesize_stack
     from infra.stack import PrefectAutoscalerStack
 
     config = parse_config(dict(context))
     outdir = tempfile.mkdtemp(prefix="demo-synth-")
     try:
         stack = PrefectAutoscalerStack(cdk.App(outdir=outdir), config.stack_name, config=config)
-        return dict(Template.from_stack(stack).to_json())
+        return synthesize_stack(stack).templates
     finally:
         shutil.rmtree(outdir, ignore_errors=True)
 

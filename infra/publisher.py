@@ -14,6 +14,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from infra.service_access import allow_describe_services
 from prefect_backlog.config import Config
 
 HANDLER = "prefect_backlog.handler.lambda_handler"
@@ -53,10 +54,8 @@ class Publisher(Construct):
             id="AwsSolutions-IAM5[Resource::*]",
             reason="cloudwatch:PutMetricData supports no resource-level permissions; the statement is limited to "
                    f"the metric namespace by the condition cloudwatch:namespace = {config.namespace}."))
-        self.role.add_to_policy(iam.PolicyStatement(
-            actions=["ecs:DescribeServices"],
-            resources=[stack.format_arn(service="ecs", resource="service", resource_name=f"{s.cluster}/{s.service}")
-                       for s in config.services]))
+        # Every configured service by its ARN, in managed policies of their own (IAM's size limits).
+        allow_describe_services(self, self.role, config.services)
         self._allow_task_protection(config)
 
         powertools = lambda_.LayerVersion.from_layer_version_arn(

@@ -1,10 +1,13 @@
-"""The operators' view: one dashboard, alarms that say what is wrong and what to do, optional email.
+"""The operators' view: an overview dashboard, alarms that say what is wrong and what to do, optional email.
 
 The pieces have a module each: how metrics are found (:mod:`infra.metric_queries`),
-the alarms and their text (:mod:`.alarms`), the dashboard (:mod:`.dashboard`).
-This construct puts them together; alarms and dashboard are created directly in
-it, so their logical ids (and the fixed alarm names CloudFormation keys on)
-stay where they were.
+whether queues or pools are monitored (:mod:`.plan`), the alarms and their text
+(:mod:`.alarms`), the dashboards' rows (:mod:`.rows`) and the dashboards
+(:mod:`.dashboard`). This construct puts them together and places each piece
+(infra/layout.py): the publisher's alarms, the topic and the overview stay in
+the root stack under this construct, whose path keeps their logical ids (and
+the fixed names CloudFormation keys on) where they were; every queue, pool
+and service alarm goes to a "Monitoring" construct in its nested stack.
 """
 
 from __future__ import annotations
@@ -19,35 +22,45 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from infra import layout
+from infra.layout import NestedStacks, page_id, shard_id
 from infra.metric_queries import MetricQueries
 from infra.monitoring.alarms import Alarms
-from infra.monitoring.dashboard import OperatorsDashboard
+from infra.monitoring.dashboard import Dashboards
+from infra.monitoring.plan import MonitoringPlan
+from infra.monitoring.rows import WidgetRows
 from infra.scaling import ServiceScaling
 from prefect_backlog.config import Config
 
+NESTED_SCOPE = "Monitoring"  # the construct under which alarms and dashboards sit in a nested stack
+
 
 class Monitoring(Construct):
-    """Dashboard and alarms for one publisher and the ECS services it scales.
+    """Dashboards and alarms for one publisher and the ECS services it scales.
 
     ``scaling`` maps each service key to its :class:`ServiceScaling`; its scale-out alarms join
-    the dashboard's alarm status so an operator sees scaling activity beside the problems.
+    the overview's alarm status so an operator sees scaling activity beside the problems.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: Config, function: lambda_.IFunction,
-                 scaling: Mapping[tuple[str, str], ServiceScaling]) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, config: Config, plan: MonitoringPlan,
+                 function: lambda_.IFunction, scaling: Mapping[tuple[str, str], ServiceScaling],
+                 nested: NestedStacks) -> None:
         super().__init__(scope, construct_id)
         self.config = config
         queries = MetricQueries(config)
-        self.alarms = Alarms(self, config, queries, function)
-        self.alarms.publisher()
-        if config.monitoring_detail == "pool":
-            for pool in config.work_pools:
-                self.alarms.pool(pool)
-        else:
-            for queue in config.queues:
-                self.alarms.queue(queue)
+        self.alarms = Alarms(config, queries, function)
+        self.alarms.publisher(self)
+
+        def in_shard(index: int) -> Construct:
+            return nested.scope(shard_id(index), NESTED_SCOPE)
+
+        for pool in plan.pools:
+            self.alarms.pool(in_shard(layout.pool_shard(pool)), pool)
+        for queue in plan.queues:
+            self.alarms.queue(in_shard(layout.queue_shard(queue)), queue)
         for service in config.services:
-            self.alarms.service(service)
+            self.alarms.service(in_shard(layout.service_shard(service)), service)
+            self.alarms.scale_out(service, scaling[service.key])
         self.topic = self._topic(config.alarm_email) if config.alarm_email else None
         if self.topic is not None:
             action = cw_actions.SnsAction(self.topic)
@@ -55,10 +68,14 @@ class Monitoring(Construct):
                 alarm.add_alarm_action(action)
                 alarm.add_ok_action(action)
 
-        scale_out = [s.step_scaling.upper_alarm for s in scaling.values() if s.step_scaling.upper_alarm]
-        dashboard = OperatorsDashboard(self, config, queries, function)
-        self.dashboard = dashboard.build([*self.alarms.notifying, *scale_out])
-        self.widget_count = dashboard.widget_count
+        def page_scope(number: int) -> tuple[Construct, str]:
+            return nested.scope(page_id(number), NESTED_SCOPE), page_id(number)
+
+        self.dashboards = Dashboards(config, plan, WidgetRows(config, plan, queries, function))
+        self.dashboard = self.dashboards.build(self, self.alarms.shown, page_scope)
+        # The overview names alarms that nested stacks create: deploy it once they exist.
+        for _, stack in nested.ordered():
+            self.dashboard.node.add_dependency(stack)
 
     def _topic(self, email: str) -> sns.Topic:
         # Not encrypted at rest: it carries alarm notifications only (names, states, thresholds; no secrets or

@@ -21,6 +21,7 @@ from constructs import Construct
 
 from infra.ids import construct_id
 from infra.metric_queries import PERIOD, MetricQueries
+from infra.scaling import ServiceScaling
 from prefect_backlog import metrics
 from prefect_backlog.config import DAY, HOUR, WEEK, Config, QueueConfig, ServiceConfig, schedule_interval_seconds
 
@@ -55,22 +56,29 @@ def _in_alarm(alarm: cloudwatch.IAlarm) -> cloudwatch.IAlarmRule:
     return cloudwatch.AlarmRule.from_alarm(alarm, cloudwatch.AlarmState.ALARM)
 
 
-class Alarms:
-    """Creates the alarms in ``scope`` (its construct path keeps their logical ids, so their fixed names stay put).
+def alarm_name(stack_name: str, what: str) -> str:
+    """An alarm's fixed name: the stack's name, then what it watches. The overview finds every alarm by it."""
+    # Any UTF-8 but control characters; a double quote would break a composite alarm's rule.
+    return re.sub(r'[\x00-\x1f\x7f"]', "_", f"{stack_name} {what}")[:MAX_ALARM_NAME]
 
-    ``notifying`` lists those that notify (the parts of a composite do not).
+
+class Alarms:
+    """Creates each alarm in the scope it is given (the root stack, or the nested stack its queue, pool or service
+    is placed in: infra/layout.py); the construct path keeps its logical id, so its fixed name stays put.
+
+    ``notifying`` lists those that notify (the parts of a composite do not); ``shown`` the names of every alarm
+    the overview's alarm status shows: the notifying ones and the step policies' scale-out alarms.
     """
 
-    def __init__(self, scope: Construct, config: Config, queries: MetricQueries, function: lambda_.IFunction) -> None:
-        self.scope = scope
+    def __init__(self, config: Config, queries: MetricQueries, function: lambda_.IFunction) -> None:
         self.config = config
         self.queries = queries
         self.function = function
         self.notifying: list[cloudwatch.AlarmBase] = []
+        self.shown: list[str] = []
 
     def _alarm_name(self, what: str) -> str:
-        # Any UTF-8 but control characters; a double quote would break a composite alarm's rule.
-        return re.sub(r'[\x00-\x1f\x7f"]', "_", f"{self.config.stack_name} {what}")[:MAX_ALARM_NAME]
+        return alarm_name(self.config.stack_name, what)
 
     @staticmethod
     def _description(text: str) -> str:
@@ -79,18 +87,30 @@ class Alarms:
             raise ValueError(f"alarm description longer than {MAX_DESCRIPTION} characters: {text[:80]}...")
         return text
 
-    def _alarm(self, cid: str, what: str, *, metric: cloudwatch.IMetric, description: str,
+    def _alarm(self, scope: Construct, cid: str, what: str, *, metric: cloudwatch.IMetric, description: str,
                threshold: float, comparison: cloudwatch.ComparisonOperator, evaluation_periods: int,
                datapoints: int, missing: cloudwatch.TreatMissingData, notify: bool = True) -> cloudwatch.Alarm:
+        name = self._alarm_name(what)
         alarm = cloudwatch.Alarm(
-            self.scope, cid, alarm_name=self._alarm_name(what), alarm_description=self._description(description),
+            scope, cid, alarm_name=name, alarm_description=self._description(description),
             metric=metric, threshold=threshold, comparison_operator=comparison,
             evaluation_periods=evaluation_periods, datapoints_to_alarm=datapoints, treat_missing_data=missing)
         if notify:
             self.notifying.append(alarm)
+            self.shown.append(name)
         return alarm
 
-    def publisher(self) -> None:
+    def scale_out(self, service: ServiceConfig, scaling: ServiceScaling) -> None:
+        """Name the step policy's alarm (CDK leaves it to CloudFormation), so the overview can show it by name."""
+        upper = scaling.step_scaling.upper_alarm
+        if upper is None:
+            return
+        cfn_alarm = upper.node.default_child
+        assert isinstance(cfn_alarm, cloudwatch.CfnAlarm)
+        cfn_alarm.alarm_name = self._alarm_name(f"scale-out {service.path}")
+        self.shown.append(cfn_alarm.alarm_name)
+
+    def publisher(self, scope: Construct) -> None:
         stack_name = self.config.stack_name
         logs = f"the publisher's logs (Lambda function {self.function.function_name})"
         period_seconds, window = publisher_window(self.config.schedule, FAILING_WINDOW_RUNS)
@@ -106,7 +126,7 @@ class Alarms:
             },
             period=period, label="Publisher errors")
         self.publisher_failing = self._alarm(
-            "PublisherFailing", "publisher failing", metric=failing, threshold=0,
+            scope, "PublisherFailing", "publisher failing", metric=failing, threshold=0,
             comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=window, datapoints=min(FAILING_RUNS, window),
             missing=cloudwatch.TreatMissingData.NOT_BREACHING,
@@ -117,11 +137,11 @@ class Alarms:
             is published for what was not read, so the affected services do not scale. What to do: read
             {logs}; warnings name the queue or service and the cause (queue renamed or deleted, wrong workPool, API
             errors, ECS permissions or throttling). Fix the Prefect side or the cdk.json queues and redeploy.""")
-        self.orphaned_runs()
+        self.orphaned_runs(scope)
 
         period_seconds, window = publisher_window(self.config.schedule, SILENT_RUNS)
         self.publisher_silent = self._alarm(
-            "PublisherSilent", "publisher silent",
+            scope, "PublisherSilent", "publisher silent",
             metric=self.queries.publisher(metrics.QUEUES_READ, "SampleCount", Duration.seconds(period_seconds)),
             threshold=1, comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
             evaluation_periods=window, datapoints=window, missing=cloudwatch.TreatMissingData.BREACHING,
@@ -132,14 +152,14 @@ class Alarms:
             metrics (Invocations, Errors, Throttles) and {logs}: timeouts, a missing Powertools layer, no network
             route to the Prefect API or to CloudWatch (PutMetricData) from its subnets.""")
 
-    def orphaned_runs(self) -> None:
+    def orphaned_runs(self, scope: Construct) -> None:
         """One alarm for the stack: runs whose worker's task has stopped stay orphaned (their process is gone)."""
         crash = ("they are set to Crashed after two samples (crashOrphanedRuns is on): if this persists, check "
                  "the publisher's logs for rejected changes" if self.config.crash_orphaned_runs else
                  "cancel or mark them Crashed in Prefect (or set crashOrphanedRuns in cdk.json so the publisher "
                  "does it); retries and automations then take over and their concurrency slots are freed")
         self._alarm(
-            "OrphanedRuns", "orphaned flow runs",
+            scope, "OrphanedRuns", "orphaned flow runs",
             metric=self.queries.publisher(metrics.ORPHANED_FLOW_RUNS, "Minimum"), threshold=0,
             comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=ORPHAN_MINUTES, datapoints=ORPHAN_MINUTES, missing=cloudwatch.TreatMissingData.MISSING,
@@ -149,13 +169,13 @@ class Alarms:
             scaling demand. Which queue: OrphanedFlowRuns on the dashboard. What to do: find why the tasks stopped
             (ECS stopped-task reasons: scale-in of an unprotected task, a deployment, out of memory); {crash}.""")
 
-    def queue(self, queue: QueueConfig) -> None:
+    def queue(self, scope: Construct, queue: QueueConfig) -> None:
         name = queue.path
         service = self.config.service_for(queue)
         cid = construct_id("Queue", queue.work_pool, queue.work_queue)
         threshold = self.config.oldest_late_alarm_seconds
         self._alarm(
-            f"{cid}-OldestLate", f"oldest Late run {name}",
+            scope, f"{cid}-OldestLate", f"oldest Late run {name}",
             metric=self.queries.queue_alarm(queue, metrics.OLDEST_LATE_RUN_AGE, "MAX"),
             threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
@@ -185,7 +205,7 @@ class Alarms:
             def at(definition: metrics.MetricDef) -> cloudwatch.IMetric:
                 return self.queries.queue_alarm(queue, definition, "MIN")
 
-            self._alarm(f"{cid}-PausedBacklog", f"blocked backlog {name}", metric=cloudwatch.MathExpression(
+            self._alarm(scope, f"{cid}-PausedBacklog", f"blocked backlog {name}", metric=cloudwatch.MathExpression(
                 expression="IF((paused > 0 OR limited > 0) AND due > 0, 1, 0)",
                 using_metrics={"paused": at(metrics.QUEUE_PAUSED), "limited": at(metrics.CONCURRENCY_LIMITED),
                                "due": at(metrics.DUE_FLOW_RUNS)},
@@ -193,7 +213,7 @@ class Alarms:
                 threshold=1, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                 evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,
                 missing=cloudwatch.TreatMissingData.MISSING, description=blocked_description)
-            self._alarm(f"{cid}-Workers", f"workers not taking runs {name}", metric=cloudwatch.MathExpression(
+            self._alarm(scope, f"{cid}-Workers", f"workers not taking runs {name}", metric=cloudwatch.MathExpression(
                 expression=f"IF((polled > {self.config.unpolled_alarm_seconds} AND due > 0) OR stuck > 0, 1, 0)",
                 using_metrics={"polled": at(metrics.SECONDS_SINCE_LAST_POLLED), "due": at(metrics.DUE_FLOW_RUNS),
                                "stuck": at(metrics.STUCK_PENDING_FLOW_RUNS)},
@@ -205,20 +225,21 @@ class Alarms:
         # Metrics Insights does not mix with metric math: one alarm per condition, combined by composite alarms.
         gt = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
         blocked = self._alarm_name(f"blocked backlog {name}")
-        paused = self._part(queue, cid, "Paused", blocked, metrics.QUEUE_PAUSED, 0, gt, SUSTAINED_MINUTES)
-        limited = self._part(queue, cid, "Limited", blocked, metrics.CONCURRENCY_LIMITED, 0, gt, SUSTAINED_MINUTES)
-        due = self._part(queue, cid, "Due", blocked, metrics.DUE_FLOW_RUNS, 0, gt, SUSTAINED_MINUTES)
-        self._composite(f"{cid}-PausedBacklog", blocked, blocked_description, cloudwatch.AlarmRule.all_of(
+        paused = self._part(scope, queue, cid, "Paused", blocked, metrics.QUEUE_PAUSED, 0, gt, SUSTAINED_MINUTES)
+        limited = self._part(scope, queue, cid, "Limited", blocked, metrics.CONCURRENCY_LIMITED, 0, gt,
+                             SUSTAINED_MINUTES)
+        due = self._part(scope, queue, cid, "Due", blocked, metrics.DUE_FLOW_RUNS, 0, gt, SUSTAINED_MINUTES)
+        self._composite(scope, f"{cid}-PausedBacklog", blocked, blocked_description, cloudwatch.AlarmRule.all_of(
             cloudwatch.AlarmRule.any_of(_in_alarm(paused), _in_alarm(limited)), _in_alarm(due)))
         workers = self._alarm_name(f"workers not taking runs {name}")
-        unpolled = self._part(queue, cid, "Unpolled", workers, metrics.SECONDS_SINCE_LAST_POLLED,
+        unpolled = self._part(scope, queue, cid, "Unpolled", workers, metrics.SECONDS_SINCE_LAST_POLLED,
                               self.config.unpolled_alarm_seconds, gt, WORKER_MINUTES)
-        due_now = self._part(queue, cid, "DueNow", workers, metrics.DUE_FLOW_RUNS, 0, gt, WORKER_MINUTES)
-        stuck = self._part(queue, cid, "Stuck", workers, metrics.STUCK_PENDING_FLOW_RUNS, 0, gt, WORKER_MINUTES)
-        self._composite(f"{cid}-Workers", workers, workers_description, cloudwatch.AlarmRule.any_of(
+        due_now = self._part(scope, queue, cid, "DueNow", workers, metrics.DUE_FLOW_RUNS, 0, gt, WORKER_MINUTES)
+        stuck = self._part(scope, queue, cid, "Stuck", workers, metrics.STUCK_PENDING_FLOW_RUNS, 0, gt, WORKER_MINUTES)
+        self._composite(scope, f"{cid}-Workers", workers, workers_description, cloudwatch.AlarmRule.any_of(
             cloudwatch.AlarmRule.all_of(_in_alarm(unpolled), _in_alarm(due_now)), _in_alarm(stuck)))
 
-    def pool(self, pool: str) -> None:
+    def pool(self, scope: Construct, pool: str) -> None:
         """monitoringDetail "pool": each condition over all the pool's queues (Metrics Insights, MAX)."""
         cid = construct_id("Pool", pool)
         threshold = self.config.oldest_late_alarm_seconds
@@ -228,7 +249,7 @@ class Alarms:
                                         label=f"{definition.name}, worst queue of {pool}")
 
         self._alarm(
-            f"{cid}-OldestLate", f"oldest Late run in pool {pool}", metric=worst(metrics.OLDEST_LATE_RUN_AGE),
+            scope, f"{cid}-OldestLate", f"oldest Late run in pool {pool}", metric=worst(metrics.OLDEST_LATE_RUN_AGE),
             threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
             description=f"""A flow run in a queue of work pool {pool} has been Late for more than {threshold} s:
@@ -237,7 +258,8 @@ class Alarms:
             paused or its concurrency limit used up (QueuePaused, ConcurrencyLimited), whether its workers poll
             (SecondsSinceLastPolled, OnlineWorkers) and the worker tasks' logs.""")
         self._alarm(
-            f"{cid}-Stuck", f"runs stuck in Pending in pool {pool}", metric=worst(metrics.STUCK_PENDING_FLOW_RUNS),
+            scope, f"{cid}-Stuck", f"runs stuck in Pending in pool {pool}",
+            metric=worst(metrics.STUCK_PENDING_FLOW_RUNS),
             threshold=0, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=WORKER_MINUTES, datapoints=WORKER_MINUTES, missing=cloudwatch.TreatMissingData.MISSING,
             description=f"""A queue of work pool {pool} has had flow runs Pending for more than
@@ -246,23 +268,26 @@ class Alarms:
             the worker tasks' logs and stopped tasks, then cancel or reschedule those runs in Prefect, or set
             rescheduleStuckPending in cdk.json.""")
 
-    def _part(self, queue: QueueConfig, cid: str, kind: str, composite_name: str, definition: metrics.MetricDef,
-              threshold: float, comparison: cloudwatch.ComparisonOperator, minutes: int) -> cloudwatch.Alarm:
+    def _part(self, scope: Construct, queue: QueueConfig, cid: str, kind: str, composite_name: str,
+              definition: metrics.MetricDef, threshold: float, comparison: cloudwatch.ComparisonOperator,
+              minutes: int) -> cloudwatch.Alarm:
         """One Metrics Insights condition of a composite alarm; it notifies nobody itself."""
         return self._alarm(
-            f"{cid}-{kind}", f"{kind.lower()} {queue.path}",
+            scope, f"{cid}-{kind}", f"{kind.lower()} {queue.path}",
             metric=self.queries.queue_alarm(queue, definition, "MIN"), threshold=threshold, comparison=comparison,
             evaluation_periods=minutes, datapoints=minutes, missing=cloudwatch.TreatMissingData.MISSING,
             notify=False, description=(f"Part of the composite alarm '{composite_name}'; it notifies nobody itself. "
                                        f"{definition.name} of work queue {queue.path}: "
                                        f"{definition.description}."))
 
-    def _composite(self, cid: str, name: str, description: str, rule: cloudwatch.IAlarmRule) -> None:
+    def _composite(self, scope: Construct, cid: str, name: str, description: str,
+                   rule: cloudwatch.IAlarmRule) -> None:
         self.notifying.append(cloudwatch.CompositeAlarm(
-            self.scope, cid, composite_alarm_name=name, alarm_description=self._description(description),
+            scope, cid, composite_alarm_name=name, alarm_description=self._description(description),
             alarm_rule=rule))
+        self.shown.append(name)
 
-    def service(self, service: ServiceConfig) -> None:
+    def service(self, scope: Construct, service: ServiceConfig) -> None:
         in_task = any(self.config.queues[i].runs_in_worker_task for i in service.queue_indexes)
         # Where runs execute inside the worker tasks, demand counts the runs in flight too: runs wait only
         # when demand exceeds what the maximum number of tasks holds at the target.
@@ -276,7 +301,7 @@ class Alarms:
                    f"runs per task (DemandFlowRuns > {waiting_above:g}; runs execute inside the worker tasks)"
                    if in_task else "flow runs are due and waiting (DemandFlowRuns > 0)")
         self._alarm(
-            construct_id("Service", service.cluster, service.service) + "-AtMax",
+            scope, construct_id("Service", service.cluster, service.service) + "-AtMax",
             f"at max capacity {service.cluster}/{service.service}", metric=at_max, threshold=1,
             comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             evaluation_periods=SUSTAINED_MINUTES, datapoints=SUSTAINED_MINUTES,

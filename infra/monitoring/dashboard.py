@@ -1,179 +1,202 @@
-"""The dashboard of the operators' view: alarm status, publisher health, then a row per queue (or pool) and service."""
+"""The dashboards of the operators' view: an overview in the root stack and, for a big fleet, the work pools'.
+
+CloudWatch allows 500 widgets per dashboard (and 100 alarms per alarm status
+widget); each dashboard here keeps to :data:`WIDGET_BUDGET`.
+
+* The overview (named after the stack, in the root stack) shows the alarm
+  status of every alarm, publisher health, and then either every row (queues
+  or pools, then ECS services) when they fit, so a small fleet has one
+  dashboard as before; or links to the work pools' dashboards and, per ECS
+  service, the tasks it is short of its demand (one line each).
+  Alarms live in nested stacks: the overview names each by the ARN built
+  from its fixed name (``arn:<partition>:cloudwatch:<region>:<account>:alarm:<name>``),
+  so it needs no cross-stack reference (CloudFormation allows 200 outputs per
+  stack), and it is deployed after every nested stack.
+* Past the overview, the fleet's dashboards (``<stack>-pools-<n>``) hold each
+  work pool's rows: its queues' rows (or the pool's row), then the rows of the
+  ECS services that serve those queues. Pools go in name order (queues
+  without ``workPool`` last); a pool stays on one dashboard when it fits the
+  rest of the current one or a fresh one, and one too big for a dashboard
+  runs over several. Small pools share a dashboard: each costs $3 a month.
+  Adding a queue may push a pool onto the next dashboard; that only changes
+  dashboard bodies (a dashboard holds no state), and dashboard ``n`` always
+  lives in its own nested stack (infra/layout.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from infra.metric_queries import PERIOD, MetricQueries
-from infra.monitoring.alarms import SUSTAINED_MINUTES
-from prefect_backlog import metrics
-from prefect_backlog.config import Config, QueueConfig, ServiceConfig
+from infra.monitoring.plan import MonitoringPlan
+from infra.monitoring.rows import Row, WidgetRows
+from prefect_backlog.config import Config, QueueConfig
 
+WIDGET_BUDGET = 450  # per dashboard, under CloudWatch's 500 with room for the title
 MAX_ALARMS_PER_STATUS_WIDGET = 100  # CloudWatch's limit for one alarm status widget
+SERVICES_PER_GRAPH = 50  # lines per TaskShortfall graph on the overview
+LINKS_PER_WIDGET = 18  # lines of links per text widget
+POOL_LESS = "queues without workPool"
 
 
-class OperatorsDashboard:
-    """Builds the dashboard in ``scope``; ``widget_count`` is what it holds (CloudWatch allows 500)."""
+@dataclass
+class Page:
+    """One dashboard past the overview: the pools it shows (in order, a pool may continue on the next) and rows."""
 
-    def __init__(self, scope: Construct, config: Config, queries: MetricQueries, function: lambda_.IFunction) -> None:
-        self.scope = scope
+    pools: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def widgets(self) -> int:
+        return _count(self.rows)
+
+
+def pack(groups: Sequence[tuple[str, Sequence[Row]]], budget: int) -> list[Page]:
+    """Each group's rows in order onto pages of at most ``budget`` widgets (see the module's docstring)."""
+    pages = [Page()]
+    for label, rows in groups:
+        if pages[-1].rows and pages[-1].widgets + _count(rows) > budget >= _count(rows):
+            pages.append(Page())  # fits a fresh page, not the rest of this one
+        for row in rows:
+            if pages[-1].rows and pages[-1].widgets + len(row) > budget:
+                pages.append(Page())
+            if not pages[-1].pools or pages[-1].pools[-1] != label:
+                pages[-1].pools.append(label)
+            pages[-1].rows.append(row)
+    return pages if pages[0].rows else []
+
+
+def dashboard_name(stack_name: str, number: int) -> str:
+    """The fleet's dashboard ``number`` (1, 2, ...) past the overview, which is named after the stack."""
+    return f"{stack_name}-pools-{number}"
+
+
+def _link(name: str, label: str) -> str:
+    return f"[{label}](#dashboards:name={name})"
+
+
+@dataclass(frozen=True)
+class BuiltDashboard:
+    """What the stack checks and the summary reports: a dashboard's name, widget count and stack."""
+
+    name: str
+    widgets: int
+    stack: str  # "root", or the nested stack's id
+
+
+class Dashboards:
+    """Builds the overview and, when the fleet's rows do not fit it, the work pools' dashboards."""
+
+    def __init__(self, config: Config, plan: MonitoringPlan, rows: WidgetRows) -> None:
         self.config = config
-        self.queries = queries
-        self.function = function
-        self.widget_count = 0
+        self.plan = plan
+        self.rows = rows
+        self.built: list[BuiltDashboard] = []
 
-    def build(self, status: Sequence[cloudwatch.IAlarm]) -> cloudwatch.Dashboard:
-        """The dashboard; ``status`` are the alarms its status strip shows (ours, and the scale-out alarms)."""
+    def build(self, overview_scope: Construct, status: Sequence[str],
+              page_scope: Callable[[int], tuple[Construct, str]]) -> cloudwatch.Dashboard:
+        """``status`` names every alarm to show; ``page_scope(n)`` gives dashboard n's scope and stack id."""
+        head = [self._title(), *self._status(overview_scope, status), self.rows.publisher()]
+        inline = [*self._detail_rows(self.plan.queues, self.plan.pools),
+                  *(self.rows.service(s) for s in self.config.services)]
+        if _count(head) + _count(inline) <= WIDGET_BUDGET:
+            return self._dashboard(overview_scope, "Dashboard", self.config.stack_name, [*head, *inline], "root")
+        pages = pack(self._pool_groups(), WIDGET_BUDGET - 1)
+        for number, page in enumerate(pages, start=1):
+            scope, stack = page_scope(number)
+            self._dashboard(scope, "Dashboard", dashboard_name(self.config.stack_name, number),
+                            [[self._page_header(number, len(pages), page)], *page.rows], stack)
+        return self._dashboard(overview_scope, "Dashboard", self.config.stack_name,
+                               [*head, *self._links(pages), *self._shortfall()], "root")
+
+    # --- the overview ----------------------------------------------------------------------
+
+    def _title(self) -> Row:
         config = self.config
-        dashboard = cloudwatch.Dashboard(
-            self.scope, "Dashboard", dashboard_name=config.stack_name,
-            default_interval=Duration.hours(3), period_override=cloudwatch.PeriodOverride.AUTO)
-        dashboard.add_widgets(cloudwatch.TextWidget(width=24, height=2, markdown=(
+        return [cloudwatch.TextWidget(width=24, height=2, markdown=(
             f"# {config.stack_name}: Prefect backlog and ECS scaling\n"
-            f"Metrics in namespace `{config.namespace}`, published by Lambda `{self.function.function_name}` "
-            f"({config.schedule}). Alarms: " + self._alarms_summary())))
-        rows: list[list[cloudwatch.IWidget]] = [
-            [cloudwatch.AlarmStatusWidget(title="Alarms (and the step policies' scale-out alarms)", width=24,
-                                          height=3, alarms=status[start:start + MAX_ALARMS_PER_STATUS_WIDGET])]
-            for start in range(0, len(status), MAX_ALARMS_PER_STATUS_WIDGET)]
-        rows.append(self._publisher_widgets())
-        if config.monitoring_detail == "pool":
-            rows += [self._pool_queue_widgets(pool) for pool in config.work_pools]
-        else:
-            rows += [self._queue_widgets(queue) for queue in config.queues]
-        rows += [self._service_widgets(service) for service in config.services]
+            f"Metrics in namespace `{config.namespace}`, published by Lambda `{self.rows.function.function_name}` "
+            f"({config.schedule}). Alarms: " + self.rows.alarms_summary()))]
+
+    def _status(self, scope: Construct, names: Sequence[str]) -> list[Row]:
+        holder = Construct(scope, "AlarmStatus")
+        alarms = [cloudwatch.Alarm.from_alarm_arn(
+            holder, f"Alarm{i}", f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}:alarm:{name}")
+            for i, name in enumerate(names)]
+        return [[cloudwatch.AlarmStatusWidget(title="Alarms (and the step policies' scale-out alarms)", width=24,
+                                              height=3, alarms=alarms[start:start + MAX_ALARMS_PER_STATUS_WIDGET])]
+                for start in range(0, len(alarms), MAX_ALARMS_PER_STATUS_WIDGET)]
+
+    def _links(self, pages: Sequence[Page]) -> list[Row]:
+        lines = [f"- {_link(dashboard_name(self.config.stack_name, n), f'Dashboard {n}')}: {_pools(page.pools)}"
+                 for n, page in enumerate(pages, start=1)]
+        return [[cloudwatch.TextWidget(width=24, height=min(2 + len(chunk), 20), markdown=(
+            "## Work pools: each pool's queues and the ECS services serving them\n" + "\n".join(chunk)))]
+            for chunk in (lines[start:start + LINKS_PER_WIDGET] for start in range(0, len(lines), LINKS_PER_WIDGET))]
+
+    def _shortfall(self) -> list[Row]:
+        services = sorted(self.config.services, key=lambda s: s.path)
+        graphs: Row = [self.rows.shortfall(services[start:start + SERVICES_PER_GRAPH],
+                                           f"TaskShortfall per ECS service ({start + 1}-"
+                                           f"{min(start + SERVICES_PER_GRAPH, len(services))} of {len(services)})")
+                       for start in range(0, len(services), SERVICES_PER_GRAPH)]
+        title: Row = [cloudwatch.TextWidget(width=24, height=1, markdown=(
+            "## ECS services: tasks short of their demand (0 when scaling keeps up; details on the pools' "
+            "dashboards)"))]
+        return [title, graphs]
+
+    # --- the work pools' dashboards --------------------------------------------------------
+
+    def _pool_groups(self) -> list[tuple[str, list[Row]]]:
+        """Each work pool's rows, pools in name order (queues without workPool last)."""
+        by_pool: dict[str | None, list[QueueConfig]] = {pool: [] for pool in self.plan.pools}
+        for queue in self.plan.queues:
+            by_pool.setdefault(queue.work_pool, []).append(queue)
+        groups = []
+        for pool in sorted(by_pool, key=lambda p: (p is None, p or "")):
+            own = sorted(by_pool[pool], key=lambda q: q.work_queue)
+            rows = self._detail_rows(own, (pool,) if pool in self.plan.pools else ())
+            served = {q.service_key for q in self.config.queues if q.work_pool == pool}
+            rows += [self.rows.service(s) for s in sorted(self.config.services, key=lambda s: s.path)
+                     if s.key in served]
+            groups.append((POOL_LESS if pool is None else pool, rows))
+        return groups
+
+    def _page_header(self, number: int, pages: int, page: Page) -> cloudwatch.TextWidget:
+        stack_name = self.config.stack_name
+        neighbours = [_link(dashboard_name(stack_name, n), label) for n, label in
+                      ((number - 1, "previous"), (number + 1, "next")) if 1 <= n <= pages]
+        return cloudwatch.TextWidget(width=24, height=2, markdown=(
+            f"# {stack_name}: dashboard {number} of {pages}, {_pools(page.pools)}\n"
+            + " · ".join([_link(stack_name, "Overview (every alarm, publisher health, every ECS service)"),
+                          *neighbours])))
+
+    # --- shared ----------------------------------------------------------------------------
+
+    def _detail_rows(self, queues: Sequence[QueueConfig], pools: Sequence[str]) -> list[Row]:
+        return [*(self.rows.pool(pool) for pool in pools), *(self.rows.queue(queue) for queue in queues)]
+
+    def _dashboard(self, scope: Construct, cid: str, name: str, rows: Sequence[Row],
+                   stack: str) -> cloudwatch.Dashboard:
+        dashboard = cloudwatch.Dashboard(scope, cid, dashboard_name=name, default_interval=Duration.hours(3),
+                                         period_override=cloudwatch.PeriodOverride.AUTO)
         for row in rows:
             dashboard.add_widgets(*row)
-        self.widget_count = 1 + sum(len(row) for row in rows)  # the title, then every row
+        self.built.append(BuiltDashboard(name, _count(rows), stack))
         return dashboard
 
-    def _alarms_summary(self) -> str:
-        config = self.config
-        if config.monitoring_detail == "pool":
-            return (f"per work pool, a queue's oldest Late run over {config.oldest_late_alarm_seconds} s, or runs "
-                    f"stuck in Pending; a service at its maximum with runs waiting for {SUSTAINED_MINUTES} min; "
-                    "publisher failing or silent.")
-        return (f"oldest Late run over {config.oldest_late_alarm_seconds} s; due runs that cannot start (queue or "
-                f"pool paused, concurrency limit used up) or a service at its maximum with runs waiting, for "
-                f"{SUSTAINED_MINUTES} min; workers not taking runs (unpolled over {config.unpolled_alarm_seconds} s "
-                "with due runs, or runs stuck in Pending); publisher failing or silent.")
 
-    def _publisher_widgets(self) -> list[cloudwatch.IWidget]:
-        fn = self.function
-        return [
-            cloudwatch.TextWidget(width=24, height=1, markdown="## Publisher health"),
-            cloudwatch.GraphWidget(
-                title="Read and task-protection errors; orphaned runs", width=6,
-                left=[self.queries.publisher(metrics.QUEUE_READ_ERRORS, "Maximum"),
-                      self.queries.publisher(metrics.SERVICE_READ_ERRORS, "Maximum"),
-                      self.queries.publisher(metrics.PROTECTION_ERRORS, "Maximum"),
-                      self.queries.publisher(metrics.ORPHANED_FLOW_RUNS, "Maximum")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title="Queues read (missing = publisher silent)", width=6,
-                left=[self.queries.publisher(metrics.QUEUES_READ, "Minimum")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title="Publisher run time", width=6,
-                left=[self.queries.publisher(metrics.TICK_DURATION, "Maximum"),
-                      fn.metric_duration(statistic="Maximum", period=PERIOD, label="Lambda Duration")],
-                left_y_axis=cloudwatch.YAxisProps(min=0)),
-            cloudwatch.GraphWidget(
-                title="Publisher Lambda", width=6,
-                left=[fn.metric_errors(statistic="Sum", period=PERIOD, label="Errors"),
-                      fn.metric_throttles(statistic="Sum", period=PERIOD, label="Throttles"),
-                      fn.metric_invocations(statistic="Sum", period=PERIOD, label="Invocations")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-        ]
+def _pools(pools: Sequence[str]) -> str:
+    """The pools a dashboard shows, shortened when there are many: ``a, b, c … k (11 pools)``."""
+    if len(pools) <= 4:
+        return ", ".join(pools)
+    return f"{', '.join(pools[:3])} … {pools[-1]} ({len(pools)} pools)"
 
-    def _queue_widgets(self, queue: QueueConfig) -> list[cloudwatch.IWidget]:
-        name = queue.path
-        service = self.config.service_for(queue)
-        threshold = cloudwatch.HorizontalAnnotation(value=self.config.oldest_late_alarm_seconds, label="alarm",
-                                                    color=cloudwatch.Color.RED)
-        return [
-            cloudwatch.TextWidget(width=24, height=1, markdown=(
-                f"## Queue {name} → ECS {service.cluster}/{service.service}")),
-            cloudwatch.GraphWidget(
-                title=f"{name}: Late, due and upcoming runs", width=6,
-                left=[self.queries.queue_graph(queue, metrics.LATE_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.DUE_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.UPCOMING_FLOW_RUNS)],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title=f"{name}: Pending, Running, stuck and orphaned", width=6,
-                left=[self.queries.queue_graph(queue, metrics.PENDING_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.RUNNING_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.STUCK_PENDING_FLOW_RUNS),
-                      self.queries.queue_graph(queue, metrics.ORPHANED_FLOW_RUNS)],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title=f"{name}: oldest Late run age (s)", width=6,
-                left=[self.queries.queue_graph(queue, metrics.OLDEST_LATE_RUN_AGE)],
-                left_annotations=[threshold], left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title=f"{name}: paused or limited, seconds since last polled", width=6,
-                left=[self.queries.queue_graph(queue, metrics.QUEUE_PAUSED),
-                      self.queries.queue_graph(queue, metrics.CONCURRENCY_LIMITED)],
-                right=[self.queries.queue_graph(queue, metrics.SECONDS_SINCE_LAST_POLLED)],
-                left_y_axis=cloudwatch.YAxisProps(min=0, max=1, show_units=False),
-                right_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-        ]
 
-    def _pool_queue_widgets(self, pool: str) -> list[cloudwatch.IWidget]:
-        """monitoringDetail "pool": one row per work pool, one line per queue (SEARCH over the pool)."""
-        def lines(*definitions: metrics.MetricDef) -> list[cloudwatch.IMetric]:
-            return [self.queries.search(d, "Maximum", "WorkPool", pool, label_by="WorkQueue") for d in definitions]
+def _count(rows: Sequence[Row]) -> int:
+    return sum(len(row) for row in rows)
 
-        threshold = cloudwatch.HorizontalAnnotation(value=self.config.oldest_late_alarm_seconds, label="alarm",
-                                                    color=cloudwatch.Color.RED)
-        queues = sum(1 for q in self.config.queues if q.work_pool == pool)
-        return [
-            cloudwatch.TextWidget(width=24, height=1, markdown=f"## Work pool {pool}: {queues} queues, one line each"),
-            cloudwatch.GraphWidget(title=f"{pool}: Late runs per queue", width=6, left=lines(metrics.LATE_FLOW_RUNS),
-                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(title=f"{pool}: due and upcoming runs per queue", width=6,
-                                   left=lines(metrics.DUE_FLOW_RUNS, metrics.UPCOMING_FLOW_RUNS),
-                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(title=f"{pool}: oldest Late run age (s)", width=6,
-                                   left=lines(metrics.OLDEST_LATE_RUN_AGE), left_annotations=[threshold],
-                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(title=f"{pool}: stuck Pending, orphaned, paused, limited", width=6,
-                                   left=lines(metrics.STUCK_PENDING_FLOW_RUNS, metrics.ORPHANED_FLOW_RUNS,
-                                              metrics.QUEUE_PAUSED, metrics.CONCURRENCY_LIMITED),
-                                   left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-        ]
-
-    def _service_widgets(self, service: ServiceConfig) -> list[cloudwatch.IWidget]:
-        where = f"{service.cluster}/{service.service}"
-        return [
-            cloudwatch.TextWidget(width=24, height=1, markdown=(
-                f"## ECS service {where}: {service.min_capacity}..{service.max_capacity} tasks, target "
-                f"{service.target_backlog_per_task:g} runs per task")),
-            cloudwatch.GraphWidget(
-                title=f"{where}: desired, running and protected tasks", width=8,
-                left=[self.queries.service(service, metrics.DESIRED_TASKS, "Maximum"),
-                      self.queries.service(service, metrics.RUNNING_TASKS, "Maximum"),
-                      self.queries.service(service, metrics.PROTECTED_TASKS, "Maximum"),
-                      self.queries.service(service, metrics.UNMAPPED_FLOW_RUNS, "Maximum")],
-                left_annotations=[cloudwatch.HorizontalAnnotation(value=service.max_capacity, label="maxCapacity",
-                                                                  color=cloudwatch.Color.RED)],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title=f"{where}: BacklogPerTask (target tracking)", width=8,
-                left=[self.queries.service(service, metrics.BACKLOG_PER_TASK, "Average")],
-                left_annotations=[cloudwatch.HorizontalAnnotation(value=service.target_backlog_per_task,
-                                                                  label="target")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-            cloudwatch.GraphWidget(
-                title=f"{where}: TaskShortfall (step scale-out) and demand", width=8,
-                left=[self.queries.service(service, metrics.TASK_SHORTFALL, "Maximum")],
-                right=[self.queries.service(service, metrics.DEMAND_FLOW_RUNS, "Maximum")],
-                left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False),
-                right_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
-        ]

@@ -70,10 +70,10 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 
 AuthScheme = Literal["bearer", "basic"]
 AUTH_SCHEMES: tuple[AuthScheme, ...] = ("bearer", "basic")
-# Alarms and dashboard rows per queue (the default), or per work pool for fleets too big for one stack
-# or dashboard that way (about 80 queues).
-MonitoringDetail = Literal["queue", "pool"]
-MONITORING_DETAILS: tuple[MonitoringDetail, ...] = ("queue", "pool")
+# Alarms and dashboard rows per queue, or per work pool; "auto" (the default) lets the stack choose from the
+# fleet's size (infra/monitoring/plan.py says how and why).
+MonitoringDetail = Literal["auto", "queue", "pool"]
+MONITORING_DETAILS: tuple[MonitoringDetail, ...] = ("auto", "queue", "pool")
 
 MINUTE = 60
 HOUR = 3600
@@ -197,7 +197,7 @@ class Config:
     oldest_late_alarm_seconds: int = DEFAULT_OLDEST_LATE_ALARM_SECONDS
     unpolled_alarm_seconds: int = DEFAULT_UNPOLLED_ALARM_SECONDS
     alarm_email: str | None = None  # None: the alarms notify nobody (no SNS topic)
-    monitoring_detail: MonitoringDetail = "queue"
+    monitoring_detail: MonitoringDetail = "auto"
     crash_orphaned_runs: bool = False  # opt-in: set runs whose worker task is gone to Crashed
     max_crashes_per_run: int = DEFAULT_MAX_CRASHES_PER_RUN
 
@@ -365,7 +365,7 @@ TOP_LEVEL = Shape(build=dict, strict=False, settings=(
     Setting("unpolledAlarmSeconds", "unpolled_alarm_seconds", integer(60), default=DEFAULT_UNPOLLED_ALARM_SECONDS),
     Setting("alarmEmail", "alarm_email", matching(r"[^@\s]+@[^@\s]+\.[^@\s]+",
                                                   "must be one email address such as ops@example.com"), default=None),
-    Setting("monitoringDetail", "monitoring_detail", one_of(*MONITORING_DETAILS), default="queue"),
+    Setting("monitoringDetail", "monitoring_detail", one_of(*MONITORING_DETAILS), default="auto"),
     Setting("crashOrphanedRuns", "crash_orphaned_runs", boolean, default=False),
     Setting("maxCrashesPerRun", "max_crashes_per_run", integer(1), default=DEFAULT_MAX_CRASHES_PER_RUN),
 ))

@@ -14,9 +14,6 @@ names every problem by field, without a Python traceback.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.synth import REPO
+from tests.infra.synth import run_app
 from tests.support.contexts import API, DROP, context, entry
 
 HEADER = "Configuration error (cdk.json context or -c options): invalid configuration:"
@@ -94,17 +91,8 @@ CASES = [
          ("queues[0].targetBacklogPerTask: must be",)),
     Case("deeply-nested-queues-string", context(queues="[" * 5000 + "]" * 5000),
          ("queues: is a string nested too deeply",)),
-    # Valid entries, too many for one stack: 100 queues need 590 dashboard widgets (CloudWatch allows 500),
-    # 150 queues also 611 CloudFormation resources (500 per stack); each problem says how to split.
-    Case("too-many-queues-for-one-dashboard",
-         context(queues=[entry(workQueue=f"q{i}", service=f"worker-{i % 20}") for i in range(100)]),
-         ('queues: 100 queues on 20 ECS services need 590 dashboard widgets, more than the 500 a CloudWatch '
-          'dashboard may hold: set monitoringDetail to "pool"',)),
-    Case("too-many-queues-for-one-stack",
-         context(queues=[entry(workQueue=f"q{i}", service=f"worker-{i % 30}") for i in range(150)]),
-         ("queues: 150 queues on 30 ECS services need 612 CloudFormation resources (513 of them alarms), more than "
-          "the 500 one stack may hold",
-          "queues: 150 queues on 30 ECS services need 882 dashboard widgets")),
+    Case("monitoring-detail-unknown", context(monitoringDetail="per-queue"),
+         ('monitoringDetail: must be one of auto, queue, pool, got "per-queue"',)),
 ]
 
 
@@ -115,12 +103,8 @@ class Exit:
     stderr: str
 
 
-def run_app(case: Case, outdir: Path) -> Exit:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDK_", "AWS_"))}
-    env.update(CDK_CONTEXT_JSON=json.dumps(case.context), CDK_OUTDIR=str(outdir / case.id),
-               JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION="1", AWS_DEFAULT_REGION="us-east-1")
-    done = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+def run_case(case: Case, outdir: Path) -> Exit:
+    done = run_app(case.context, outdir / case.id, timeout=120)
     return Exit(done.returncode, done.stdout, done.stderr)
 
 
@@ -129,7 +113,7 @@ def exits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Exit]]
     """Every case's exit, run four at a time (each app start costs ~2 s of Node and Python)."""
     outdir = tmp_path_factory.mktemp("cdk-out")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        yield dict(zip((c.id for c in CASES), pool.map(lambda c: run_app(c, outdir), CASES), strict=True))
+        yield dict(zip((c.id for c in CASES), pool.map(lambda c: run_case(c, outdir), CASES), strict=True))
 
 
 def _params() -> list[Any]:

@@ -40,6 +40,7 @@ from packaging.requirements import Requirement
 
 from harness.backlog import DEFAULT_AGENT_POOL, BacklogClient
 from harness.prefect_server import PrefectServer, free_port
+from infra.assembly import read
 from infra.packaging import build_package
 from infra.stack import PrefectAutoscalerStack
 from prefect_backlog.config import parse_config
@@ -129,7 +130,7 @@ class Synthesized:
     environment: dict[str, str]
     timeout: int
     asset_dir: Path
-    template: dict[str, Any]
+    templates: dict[str, dict[str, Any]]
 
 
 def synthesize(context: dict[str, Any], outdir: Path) -> Synthesized:
@@ -137,14 +138,14 @@ def synthesize(context: dict[str, Any], outdir: Path) -> Synthesized:
     app = cdk.App(outdir=str(outdir))
     PrefectAutoscalerStack(app, config.stack_name, config=config)
     app.synth()
-    template = json.loads((outdir / f"{config.stack_name}.template.json").read_text())
-    (function,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    templates = read(outdir, config.stack_name)  # the root and its nested stacks; the publisher is in the root
+    (function,) = templates.of_type("AWS::Lambda::Function").values()
     props = function["Properties"]
     assets = json.loads((outdir / f"{config.stack_name}.assets.json").read_text())["files"]
     (source,) = [a["source"] for a in assets.values()
                  if any(d["objectKey"] == props["Code"]["S3Key"] for d in a["destinations"].values())]
     return Synthesized(handler=props["Handler"], environment=props["Environment"]["Variables"],
-                       timeout=int(props["Timeout"]), asset_dir=outdir / source["path"], template=template)
+                       timeout=int(props["Timeout"]), asset_dir=outdir / source["path"], templates=templates.templates)
 
 
 @pytest.fixture
@@ -262,7 +263,7 @@ def test_packaged_lambda_with_basic_auth_against_prefect3(
     assert synth.handler == "prefect_backlog.handler.lambda_handler"
     packaged_config = json.loads((synth.asset_dir / "prefect_backlog" / "publisher_config.json").read_text())
     assert packaged_config == parse_config(context).to_context()
-    assert prefect3_auth_server.auth_string not in json.dumps(synth.template)  # the credential is not shipped
+    assert prefect3_auth_server.auth_string not in json.dumps(synth.templates)  # the credential is not shipped
 
     secrets, ecs = aws_client("secretsmanager", moto_endpoint), aws_client("ecs", moto_endpoint)
     secrets.create_secret(Name=secret, SecretString=prefect3_auth_server.auth_string)

@@ -198,16 +198,18 @@ def test_bad_operator_thresholds_name_the_field(ctx: dict[str, Any], expected: s
     assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)
 
 
-def test_monitoring_detail_is_per_queue_unless_pool_is_asked_for() -> None:
-    assert parse_config(top()).monitoring_detail == "queue"
-    pooled = parse_config(top(monitoringDetail="pool"))
-    assert (pooled.monitoring_detail, pooled.work_pools) == ("pool", ("pool-a",))
-    assert parse_config(pooled.to_context()) == pooled
+def test_monitoring_detail_defaults_to_auto_and_keeps_what_is_asked_for() -> None:
+    default = parse_config(top())
+    assert default.monitoring_detail == "auto" and default.to_context()["monitoringDetail"] == "auto"
+    for detail in ("queue", "pool"):
+        given = parse_config(top(monitoringDetail=detail))
+        assert (given.monitoring_detail, given.work_pools) == (detail, ("pool-a",))
+        assert parse_config(given.to_context()) == given
 
 
 @pytest.mark.parametrize(("ctx", "expected"), [
-    (top(monitoringDetail="pools"), "monitoringDetail: must be one of queue, pool"),
-    (top(monitoringDetail=True), "monitoringDetail: must be one of queue, pool"),
+    (top(monitoringDetail="pools"), "monitoringDetail: must be one of auto, queue, pool"),
+    (top(monitoringDetail=True), "monitoringDetail: must be one of auto, queue, pool"),
     ({"prefectApiUrl": API, "monitoringDetail": "pool", "queues": [entry(), {**entry(), "workPool": None,
                                                                              "workQueue": "etl"}]},
      'queues[1].workPool: is required with monitoringDetail "pool"'),
