@@ -14,6 +14,8 @@ Two policies work together (when several fire, the larger capacity wins):
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_iam as iam
@@ -27,20 +29,42 @@ ECS_SCALING_ROLE = ("role/aws-service-role/ecs.application-autoscaling.amazonaws
                     "AWSServiceRoleForApplicationAutoScaling_ECSService")
 SCALE_OUT_COOLDOWN = Duration.seconds(60)
 SCALE_IN_COOLDOWN = Duration.seconds(300)
-MAX_STEP_INTERVALS = 40  # Application Auto Scaling's limit per step policy
+# Application Auto Scaling's default quota of step adjustments per step policy: adjustable, but a template
+# with more fails at deploy (PutScalingPolicy) in every account that has not raised it.
+MAX_STEP_ADJUSTMENTS = 20
+EXACT_STEPS = 12  # shortfalls added exactly; the rest of the quota spreads geometrically up to maxCapacity
 PERIOD = Duration.minutes(1)
 
 
+def shortfall_lower_bounds(max_capacity: int) -> list[int]:
+    """Each step's lowest shortfall, which is also what the step adds: never more tasks than are missing.
+
+    Up to ``MAX_STEP_ADJUSTMENTS`` the steps are +1, +2, ... +maxCapacity, exactly the shortfall. A bigger
+    service gets exact steps up to ``EXACT_STEPS`` and then bounds spaced by a constant ratio up to
+    ``maxCapacity`` (at 100: ... +12, +16, +20, +27, +35, +45, +59, +77, +100), so one datapoint adds at least
+    1/ratio of a large shortfall and the next minute's datapoint adds the rest.
+    """
+    if max_capacity <= MAX_STEP_ADJUSTMENTS:
+        return list(range(1, max_capacity + 1))
+    spread = MAX_STEP_ADJUSTMENTS - EXACT_STEPS
+    ratio = (max_capacity / EXACT_STEPS) ** (1 / spread)
+    bounds = list(range(1, EXACT_STEPS + 1))
+    for i in range(1, spread + 1):
+        bounds.append(max(bounds[-1] + 1, round(EXACT_STEPS * ratio ** i)))
+    bounds[-1] = max_capacity
+    return bounds
+
+
 def shortfall_steps(max_capacity: int) -> list[appscaling.ScalingInterval]:
-    """Add exactly the missing tasks: shortfall k -> +k, up to the policy's interval limit.
+    """The step policy's intervals: a shortfall in [lower, next lower) adds ``lower`` tasks.
 
     The first interval (change 0 below 1) makes CDK create no lower alarm.
     """
-    exact = min(max_capacity, MAX_STEP_INTERVALS - 1)
+    bounds = shortfall_lower_bounds(max_capacity)
     steps = [appscaling.ScalingInterval(upper=1, change=0)]
-    for missing in range(1, exact):
-        steps.append(appscaling.ScalingInterval(lower=missing, upper=missing + 1, change=missing))
-    steps.append(appscaling.ScalingInterval(lower=exact, change=exact))
+    for lower, upper in pairwise(bounds):
+        steps.append(appscaling.ScalingInterval(lower=lower, upper=upper, change=lower))
+    steps.append(appscaling.ScalingInterval(lower=bounds[-1], change=bounds[-1]))
     return steps
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from prefect_backlog import metrics
 from infra.assembly import StackTemplates, read
+from prefect_backlog import metrics
 from prefect_backlog.config import QUEUE_KEYS, TOP_LEVEL_KEYS
 from tests.infra.synth import REPO
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from aws_cdk.assertions import Match
 
 from infra.packaging import build_package
+from infra.scaling import EXACT_STEPS, MAX_STEP_ADJUSTMENTS, shortfall_lower_bounds
 from infra.stack import PrefectAutoscalerStack
 from prefect_backlog.config import parse_config
 from tests.infra.synth import REPO, Templates, cfn_lint_errors, synth
@@ -174,13 +176,27 @@ def test_step_policy_only_scales_out_by_the_shortfall(several: Any) -> None:
         assert props.get("TreatMissingData", "missing") == "missing"  # no data: no scaling
 
 
-def test_large_services_keep_within_the_step_interval_limit(several: Any) -> None:
+def test_large_services_keep_within_the_default_step_adjustment_quota(several: Any) -> None:
     _, template = several
     policies = template.find_resources("AWS::ApplicationAutoScaling::ScalingPolicy",
                                        {"Properties": {"PolicyType": "StepScaling"}})
-    counts = sorted(len(p["Properties"]["StepScalingPolicyConfiguration"]["StepAdjustments"])
-                    for p in policies.values())
-    assert counts == [6, 39]  # maxCapacity 6 -> +1..+6; maxCapacity 50 -> capped below 40 intervals
+    by_count = sorted((p["Properties"]["StepScalingPolicyConfiguration"]["StepAdjustments"] for p in policies.values()),
+                      key=len)
+    assert [len(a) for a in by_count] == [6, 20]  # maxCapacity 6 -> +1..+6; maxCapacity 50 -> Application Auto
+    # Scaling's default quota of 20 adjustments, the last one open-ended and adding all 50
+    largest = by_count[-1]
+    assert "MetricIntervalUpperBound" not in largest[-1] and largest[-1]["ScalingAdjustment"] == 50
+
+
+@pytest.mark.parametrize("max_capacity", [1, 6, 20, 21, 50, 100, 1000])
+def test_each_step_adds_at_most_the_shortfall_and_all_of_it_at_max(max_capacity: int) -> None:
+    bounds = shortfall_lower_bounds(max_capacity)
+    assert len(bounds) <= MAX_STEP_ADJUSTMENTS and bounds == sorted(set(bounds))
+    assert bounds[0] == 1 and bounds[-1] == max_capacity
+    assert bounds[:EXACT_STEPS] == list(range(1, min(EXACT_STEPS, max_capacity) + 1))
+    if max_capacity > MAX_STEP_ADJUSTMENTS:  # beyond the exact steps, at least 1/1.8 of the shortfall per datapoint
+        spread = bounds[EXACT_STEPS - 1:]
+        assert all(upper / lower < 1.8 for lower, upper in pairwise(spread))
 
 
 @pytest.mark.parametrize("fixture", ["one", "several"])
