@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from aws_cdk import NestedStack, Stack
+from aws_cdk import NestedStack
 from constructs import Construct
 
 from prefect_backlog.config import QueueConfig, ServiceConfig
@@ -82,17 +82,22 @@ def page_id(number: int) -> str:
 
 
 class NestedStacks:
-    """The nested stacks of one root stack by construct id, each created when something is first placed in it."""
+    """The nested stacks under ``scope`` by construct id, each created when something is first placed in it.
 
-    def __init__(self, root: Stack) -> None:
-        self.root = root
+    ``scope`` is the standalone stack itself, or a PrefectBacklogPublisher in someone's stack; ``name`` (the
+    stackName setting) goes into their descriptions.
+    """
+
+    def __init__(self, scope: Construct, name: str) -> None:
+        self.parent = scope
+        self.name = name
         self.stacks: dict[str, NestedStack] = {}
         self._children: dict[tuple[str, str], Construct] = {}
 
     def stack(self, stack_id: str) -> NestedStack:
         if stack_id not in self.stacks:
             self.stacks[stack_id] = NestedStack(
-                self.root, stack_id, description=f"{self.root.stack_name}: scaling and monitoring ({stack_id})",
+                self.parent, stack_id, description=f"{self.name}: scaling and monitoring ({stack_id})",
                 suppress_template_indentation=True)
         return self.stacks[stack_id]
 

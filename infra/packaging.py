@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import prefect_backlog
 from prefect_backlog.config import Config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LAMBDA_DIR = REPO_ROOT / "lambda"
-SOURCE_PACKAGE = LAMBDA_DIR / "prefect_backlog"
-REQUIREMENTS = LAMBDA_DIR / "requirements.txt"
-BUILD_DIR = REPO_ROOT / ".build"
+# Where the runtime code is: lambda/ in this repository, site-packages once the library is installed.
+SOURCE_PACKAGE = Path(prefect_backlog.__file__).resolve().parent
+LAMBDA_DIR = SOURCE_PACKAGE.parent
+REQUIREMENTS = SOURCE_PACKAGE / "requirements.txt"  # package data: it travels with the code it serves
+# The CDK app's directory (cdk runs the app there), like cdk.out: never inside an installed package.
+BUILD_DIR = Path(os.environ.get("PREFECT_ECS_AUTOSCALER_BUILD_DIR") or Path.cwd() / ".build")
 CONFIG_FILE_NAME = "publisher_config.json"
 PYTHON_VERSION = "3.13"
 PLATFORM = "manylinux2014_aarch64"
@@ -41,7 +44,7 @@ def _source_files() -> list[Path]:
 
 
 def install_dependencies() -> Path:
-    """pip-install lambda/requirements.txt for the Lambda platform, once per requirements content."""
+    """pip-install the package's requirements.txt for the Lambda platform, once per requirements content."""
     target = BUILD_DIR / f"deps-{_digest(REQUIREMENTS.read_bytes(), PLATFORM.encode(), PYTHON_VERSION.encode())}"
     if (target / ".complete").exists():
         return target

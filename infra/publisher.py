@@ -14,8 +14,9 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from infra.service_access import allow_describe_services
 from prefect_backlog.config import Config
+
+from .service_access import allow_describe_services
 
 HANDLER = "prefect_backlog.handler.lambda_handler"
 RUNTIME = lambda_.Runtime.PYTHON_3_13

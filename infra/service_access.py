@@ -24,8 +24,9 @@ from aws_cdk import Stack
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from infra.quotas import MANAGED_POLICY_CHARACTERS, MAX_MANAGED_POLICIES_PER_ROLE
 from prefect_backlog.config import ConfigError, ServiceConfig
+
+from .quotas import MANAGED_POLICY_CHARACTERS, MAX_MANAGED_POLICIES_PER_ROLE
 
 # The document around the ARNs: Version, one statement's Effect and Action, brackets; with room to spare.
 POLICY_OVERHEAD = 200

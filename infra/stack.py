@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnResource, Duration, Stack
+from aws_cdk import CfnResource, Stack
 from constructs import Construct
 
-from infra import ids, layout
-from infra.assembly import METADATA_KEY, StackTemplates
-from infra.layout import SHARD_COUNT, NestedStacks
-from infra.monitoring import Monitoring
-from infra.monitoring.plan import plan_monitoring
-from infra.packaging import build_package
-from infra.publisher import Publisher
-from infra.scaling import ServiceScaling
 from prefect_backlog.config import Config, ConfigError
+
+from . import ids, layout
+from .assembly import METADATA_KEY, StackTemplates
+from .autoscaler import PrefectBacklogPublisher, publisher_settings, scaling_settings
+from .layout import SHARD_COUNT, NestedStacks
+from .monitoring.dashboard import BuiltDashboard
+from .scaling import WorkerServiceScaling
 
 # CloudFormation's limit per stack (root or nested), and CloudWatch's per dashboard: past them a deploy fails
 # late and obscurely, so the stack refuses a configuration beyond what the layout holds, with the counts.
@@ -33,6 +32,12 @@ CDK_METADATA_RESOURCES = 1  # the CLI adds an AWS::CDK::Metadata resource to eve
 
 
 class PrefectAutoscalerStack(Stack):
+    """The standalone app's stack: the library's constructs built from cdk.json's parsed context.
+
+    Each service's scaling goes to its nested stack (infra/layout.py) and the publisher, with its alarms
+    spread over the same nested stacks, to the root.
+    """
+
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, **kwargs: Any) -> None:
         # Compact JSON: CloudFormation takes templates of at most 1 MB, and a big fleet's overview (every alarm's
         # ARN) and dashboards would spend about 40 % of that on indentation.
@@ -40,18 +45,12 @@ class PrefectAutoscalerStack(Stack):
                          description="Scales ECS-hosted Prefect agents/workers on their work-queue backlog",
                          suppress_template_indentation=True, **kwargs)
         self.config = config
-        self.plan = plan_monitoring(config)
-        self.nested_stacks = NestedStacks(self)
-        self.publisher = Publisher(self, "Publisher", config=config, package_dir=build_package(config))
-        self.scaling = {
-            service.key: ServiceScaling(self.nested_stacks.shard(layout.service_shard(service)),
-                                        ids.construct_id("Scaling", *service.key), service=service,
-                                        namespace=config.namespace,
-                                        scale_out_period=Duration.seconds(config.scale_out_period_seconds))
-            for service in config.services
-        }
-        self.monitoring = Monitoring(self, "Monitoring", config=config, plan=self.plan,
-                                     function=self.publisher.function, scaling=self.scaling, nested=self.nested_stacks)
+        self.nested_stacks = NestedStacks(self, config.stack_name)
+        services = [WorkerServiceScaling(self.nested_stacks.shard(layout.service_shard(service)),
+                                         ids.construct_id("Scaling", *service.key), **scaling_settings(config, service))
+                    for service in config.services]
+        self.autoscaler = PrefectBacklogPublisher(self, "Autoscaler", **publisher_settings(config), services=services,
+                                                  nested_stacks=self.nested_stacks)
         self.resource_counts = self._resource_counts()
         self._check_limits()
         self.add_metadata(METADATA_KEY, self._layout_metadata())
@@ -77,12 +76,12 @@ class PrefectAutoscalerStack(Stack):
                     if count + CDK_METADATA_RESOURCES > MAX_RESOURCES_PER_STACK]
         problems += [f"queues: {size} need {d.widgets} widgets on dashboard {d.name}, more than the "
                      f"{MAX_WIDGETS_PER_DASHBOARD} a CloudWatch dashboard may hold: {way_out}"
-                     for d in self.monitoring.dashboards.built if d.widgets > MAX_WIDGETS_PER_DASHBOARD]
+                     for d in self._dashboards() if d.widgets > MAX_WIDGETS_PER_DASHBOARD]
         if problems:
             raise ConfigError(problems)
 
     def _layout_metadata(self) -> dict[str, Any]:
-        config, plan = self.config, self.plan
+        config, plan = self.config, self.autoscaler.plan
         return {
             "queues": len(config.queues), "services": len(config.services), "workPools": len(config.work_pools),
             "monitoring": {"setting": plan.setting, "detail": plan.detail, "reason": plan.reason,
@@ -90,8 +89,13 @@ class PrefectAutoscalerStack(Stack):
             "resources": self.resource_counts,
             "nestedStacks": {stack_id: stack.template_file for stack_id, stack in self.nested_stacks.ordered()},
             "dashboards": [{"name": d.name, "widgets": d.widgets, "stack": d.stack}
-                           for d in self.monitoring.dashboards.built],
+                           for d in self._dashboards()],
         }
+
+
+    def _dashboards(self) -> list[BuiltDashboard]:
+        monitoring = self.autoscaler.monitoring
+        return monitoring.dashboards.built if monitoring is not None else []
 
 
 def _cfn_resources(scope: Construct) -> int:

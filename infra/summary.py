@@ -18,8 +18,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from infra import quotas
-from infra.assembly import ROOT, StackTemplates, read, root_stack_names
+from . import quotas
+from .assembly import ROOT, StackTemplates, read, root_stack_names
 
 SERVICES_LISTED = 12  # one line each up to this many; beyond, grouped by their settings
 NAMES_PER_GROUP = 3

@@ -22,15 +22,16 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from infra import layout
-from infra.layout import NestedStacks, page_id, shard_id
-from infra.metric_queries import MetricQueries
-from infra.monitoring.alarms import Alarms
-from infra.monitoring.dashboard import Dashboards
-from infra.monitoring.plan import MonitoringPlan
-from infra.monitoring.rows import WidgetRows
-from infra.scaling import ServiceScaling
 from prefect_backlog.config import Config
+
+from .. import layout
+from ..layout import NestedStacks, page_id, shard_id
+from ..metric_queries import MetricQueries
+from ..scaling import WorkerServiceScaling
+from .alarms import Alarms
+from .dashboard import Dashboards
+from .plan import MonitoringPlan
+from .rows import WidgetRows
 
 NESTED_SCOPE = "Monitoring"  # the construct under which alarms and dashboards sit in a nested stack
 
@@ -38,12 +39,12 @@ NESTED_SCOPE = "Monitoring"  # the construct under which alarms and dashboards s
 class Monitoring(Construct):
     """Dashboards and alarms for one publisher and the ECS services it scales.
 
-    ``scaling`` maps each service key to its :class:`ServiceScaling`; its scale-out alarms join
+    ``scaling`` maps each service key to its :class:`WorkerServiceScaling`; its scale-out alarms join
     the overview's alarm status so an operator sees scaling activity beside the problems.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, plan: MonitoringPlan,
-                 function: lambda_.IFunction, scaling: Mapping[tuple[str, str], ServiceScaling],
+                 function: lambda_.IFunction, scaling: Mapping[tuple[str, str], WorkerServiceScaling],
                  nested: NestedStacks) -> None:
         super().__init__(scope, construct_id)
         self.config = config

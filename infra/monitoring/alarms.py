@@ -19,11 +19,12 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from infra.ids import construct_id
-from infra.metric_queries import PERIOD, MetricQueries
-from infra.scaling import ServiceScaling
 from prefect_backlog import metrics
 from prefect_backlog.config import DAY, HOUR, WEEK, Config, QueueConfig, ServiceConfig, schedule_interval_seconds
+
+from ..ids import construct_id
+from ..metric_queries import PERIOD, MetricQueries
+from ..scaling import WorkerServiceScaling
 
 # Queue paused with due runs, or service at its maximum with runs waiting: normal for a few minutes
 # (a deliberate short pause, a burst being worked off), worth an operator's time when it lasts this long.
@@ -100,7 +101,7 @@ class Alarms:
             self.shown.append(name)
         return alarm
 
-    def scale_out(self, service: ServiceConfig, scaling: ServiceScaling) -> None:
+    def scale_out(self, service: ServiceConfig, scaling: WorkerServiceScaling) -> None:
         """Name the step policy's alarm (CDK leaves it to CloudFormation), so the overview can show it by name."""
         upper = scaling.step_scaling.upper_alarm
         if upper is None:

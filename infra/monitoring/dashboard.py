@@ -32,9 +32,10 @@ from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from constructs import Construct
 
-from infra.monitoring.plan import MonitoringPlan
-from infra.monitoring.rows import Row, WidgetRows
 from prefect_backlog.config import Config, QueueConfig
+
+from .plan import MonitoringPlan
+from .rows import Row, WidgetRows
 
 WIDGET_BUDGET = 450  # per dashboard, under CloudWatch's 500 with room for the title
 MAX_ALARMS_PER_STATUS_WIDGET = 100  # CloudWatch's limit for one alarm status widget

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_lambda as lambda_
 
-from infra.metric_queries import PERIOD, MetricQueries, metric
-from infra.monitoring.alarms import SUSTAINED_MINUTES
-from infra.monitoring.plan import MonitoringPlan
 from prefect_backlog import metrics
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
+
+from ..metric_queries import PERIOD, MetricQueries, metric
+from .alarms import SUSTAINED_MINUTES
+from .plan import MonitoringPlan
 
 Row = list[cloudwatch.IWidget]
 

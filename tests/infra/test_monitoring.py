@@ -81,7 +81,7 @@ def monitoring_alarms(template: Templates) -> dict[str, dict[str, Any]]:
     """Our alarms (metric and composite), without the ones Application Auto Scaling's step policies own."""
     found = {**template.find_resources("AWS::CloudWatch::Alarm"),
              **template.find_resources("AWS::CloudWatch::CompositeAlarm")}
-    return {k: r["Properties"] for k, r in found.items() if k.startswith("Monitoring")}
+    return {k: r["Properties"] for k, r in found.items() if k.startswith(("Monitoring", "AutoscalerMonitoring"))}
 
 
 def topic_ref(template: Templates) -> dict[str, str]:
@@ -121,7 +121,7 @@ def test_dashboard_shows_queue_service_and_publisher_metrics(plain: Templates) -
     publisher = '"Prefect","{}","Publisher","Plain"'
     for metric in (metrics.QUEUE_READ_ERRORS, metrics.TICK_DURATION, metrics.QUEUES_READ):
         assert publisher.format(metric.name) in body, metric.name
-    assert re.search(r'"AWS/Lambda","Errors","FunctionName","\{"Ref": "PublisherFunction\w+"\}"', body)
+    assert re.search(r'"AWS/Lambda","Errors","FunctionName","\{"Ref": "AutoscalerPublisherFunction\w+"\}"', body)
     # The Late-age graph marks the alarm threshold; the tasks graph marks maxCapacity.
     assert '"value":600,' in body and '"label":"maxCapacity"' in body and '"value":4,' in body
 
