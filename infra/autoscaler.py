@@ -113,12 +113,12 @@ class PrefectBacklogPublisher(Construct):
         if not monitoring and alarm_email is not None:
             raise ConfigError([f"{self.node.path}: alarmEmail needs the monitoring (monitoring=False has no alarms)"])
         keys = [scaling.key for scaling in services]
-        for key in {k for k in keys if keys.count(k) > 1}:
-            raise ConfigError([f"{self.node.path}: services: ECS service {key[0]}/{key[1]} has more than one "
-                               "WorkerServiceScaling; give all its queues to one"])
+        if duplicated := sorted({key for key in keys if keys.count(key) > 1}):
+            raise ConfigError([f"{self.node.path}: services: ECS service {cluster}/{service} has more than one "
+                               "WorkerServiceScaling; give all its queues to one" for cluster, service in duplicated])
         self.config = config = self._parse(given, services)
         self.plan = plan_monitoring(config)
-        self.nested_stacks = nested_stacks or NestedStacks(self, config.stack_name)
+        self.nested_stacks = nested_stacks if nested_stacks is not None else NestedStacks(self, config.stack_name)
         self.publisher = Publisher(self, "Publisher", config=config, package_dir=build_package(config))
         period = Duration.seconds(config.scale_out_period_seconds)
         self.scaling = {scaling.key: scaling for scaling in services}
