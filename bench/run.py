@@ -44,6 +44,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -62,6 +63,7 @@ from bench.world import (
     aws_client,
     config_context,
     endpoint,
+    plan_busy,
     plan_deep,
     plan_queue,
     seed_ecs,
@@ -69,8 +71,10 @@ from bench.world import (
 from harness.prefect_server import PrefectServer
 from prefect_backlog.aws.cloudwatch import MAX_DATA_PER_PUT
 from prefect_backlog.aws.ecs import MAX_SERVICES_PER_DESCRIBE
+from prefect_backlog.backlog import IN_FLIGHT_STATE_TYPES
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
+from prefect_backlog.prefect_api.transport import PAGE_SIZE
 from prefect_backlog.tick import WarmState, run_tick
 
 DEFAULT_RESULTS = REPO_ROOT / "bench" / "results.json"
@@ -175,10 +179,7 @@ class Bench:
         runs counted per state name (Late, Scheduled, AwaitingRetry, Pending, Running) in one call.
         """
         session = requests.Session()
-        names = [p.queue for p in plans]
-        found = session.post(f"{self.api_url}/work_queues/filter", json={"work_queues": {"name": {"any_": names}}},
-                             timeout=30).json()
-        ids = {(q["work_pool_name"], q["name"]): q["id"] for q in found}
+        ids = self.queue_ids(session, plans)
         now = datetime.now(UTC).isoformat()
         rows = []
         for plan in plans:
@@ -201,6 +202,58 @@ class Bench:
                 "oldest_late_filter_ms_median": statistics.median(r["oldest_late_filter_limit_1_ms"] for r in rows),
                 "late_count_ms_median": statistics.median(r["late_count_ms"] for r in rows),
                 "history_late_correct": all(r["history_late"] == r["late_expected"] for r in rows)}
+
+    def queue_ids(self, session: requests.Session, plans: Sequence[QueuePlan]) -> dict[tuple[str, str], str]:
+        names = [p.queue for p in plans]
+        found = session.post(f"{self.api_url}/work_queues/filter", json={"work_queues": {"name": {"any_": names}}},
+                             timeout=30).json()
+        return {(q["work_pool_name"], q["name"]): q["id"] for q in found}
+
+    def in_flight_candidates(self, plans: Sequence[QueuePlan]) -> list[dict[str, Any]]:
+        """Per pool, what each way to read its in-flight runs costs the server, one request at a time.
+
+        ``concurrency_status`` (Prefect 3.6.23+) answers per queue with its Pending and Running count in
+        one request; it is weighed here against the in-flight page the publisher sends and a plain count.
+        Its counts are checked against the runs created (Pending + Running per queue).
+        """
+        session = requests.Session()
+        ids = self.queue_ids(session, plans)
+        in_flight = {"state": {"type": {"any_": list(IN_FLIGHT_STATE_TYPES)}}}
+        rows = []
+        for pool in sorted({p.pool for p in plans}):
+            mine = [p for p in plans if p.pool == pool]
+            scope = {"work_pool_queues": {"id": {"any_": [ids[(pool, p.queue)] for p in mine]}}}
+            status = f"/work_pools/{quote(pool, safe='')}/concurrency_status"
+            candidates = {
+                "concurrency_status, flow_run_limit 0": (status, {"page": 1, "limit": PAGE_SIZE, "flow_run_limit": 0}),
+                "concurrency_status, flow_run_limit 200": (status, {"page": 1, "limit": PAGE_SIZE,
+                                                                    "flow_run_limit": PAGE_SIZE}),
+                "in-flight page (ours), limit 200": ("/flow_runs/filter", {"flow_runs": in_flight, **scope,
+                                                                           "sort": "ID_DESC", "limit": PAGE_SIZE}),
+                "in-flight count": ("/flow_runs/count", {"flow_runs": in_flight, **scope}),
+            }
+            row: dict[str, Any] = {"pool": pool, "queues": len(mine),
+                                   "in_flight": sum(p.pending + p.running for p in mine)}
+            for name, (path, body) in candidates.items():
+                row[name], answer = self.server_cost(session, path, body)
+                if name.startswith("concurrency_status"):
+                    counted = {q["queue_name"]: q["flow_run_count"] for q in answer["queues"]}
+                    row["concurrency_status_counts_correct"] = all(
+                        counted.get(p.queue, 0) == p.pending + p.running for p in mine)
+            rows.append(row)
+        return rows
+
+    def server_cost(self, session: requests.Session, path: str, body: Any) -> tuple[dict[str, float], Any]:
+        """Median wall ms and mean server CPU ms of ``CANDIDATE_REPEATS`` sends of one request, and its answer."""
+        walls = []
+        cpu_before = self.server.cpu_seconds()
+        for _ in range(CANDIDATE_REPEATS):
+            began = time.perf_counter()
+            response = session.post(f"{self.api_url}{path}", json=body, timeout=60)
+            walls.append((time.perf_counter() - began) * 1000)
+            response.raise_for_status()
+        cpu_ms = (self.server.cpu_seconds() - cpu_before) * 1000 / CANDIDATE_REPEATS
+        return {"wall_ms": statistics.median(walls), "server_cpu_ms": cpu_ms}, response.json()
 
     # --- a scenario ------------------------------------------------------------------
 
@@ -267,6 +320,9 @@ class Bench:
 REPLAY_REPEATS = 3
 REPLAY_MAX_PER_KIND = 25
 BIG_PAGE = 100  # pages at least this full are also timed without their sort
+# Each in-flight candidate is sent this many times: /proc counts CPU in 10 ms clock ticks, and a request of a
+# few ms needs several sends to read as more than 0 or 10.
+CANDIDATE_REPEATS = 10
 
 
 def timed(session: requests.Session, method: str, url: str, body: Any) -> tuple[float, Any]:
@@ -437,6 +493,20 @@ def markdown(results: dict[str, Any]) -> str:
             read = r["summary"]["ours_read_s" if who == "ours" else "base_read_s"]
             lines.append(f"| {r['name']} | {who} | **sum, one at a time** (tick read median {read * 1000:.0f} ms) "
                          f"| | {replayed['serial_ms']:.0f} | | |")
+    candidates = results.get("in_flight_candidates") or {}
+    first = next((row for pools in candidates.values() for row in pools), None)
+    if first is not None:
+        ways = [name for name, value in first.items() if isinstance(value, dict)]
+        lines += ["", "Ways to a pool's in-flight runs, each request sent "
+                  f"{CANDIDATE_REPEATS} times one at a time: median wall ms / mean Prefect server CPU ms.", "",
+                  "| world | pool | queues | in flight | " + " | ".join(f"`{name}`" for name in ways)
+                  + " | concurrency_status counts correct |",
+                  "|---|---|---:|---:|" + "---:|" * len(ways) + "---|"]
+        for world, pools in candidates.items():
+            for row in pools:
+                cells = " | ".join(f"{row[name]['wall_ms']:.1f} / {row[name]['server_cpu_ms']:.1f}" for name in ways)
+                lines.append(f"| {world} | {row['pool']} | {row['queues']} | {row['in_flight']} | {cells} "
+                             f"| {row['concurrency_status_counts_correct']} |")
     for r in rows:
         alt = r.get("alternatives")
         if alt:
@@ -457,6 +527,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ticks", type=int, default=5, help="timed ticks per implementation and size (default 5)")
     parser.add_argument("--deep", default="5x1000",
                         help="deep backlog QUEUESxLATE_RUNS_PER_QUEUE (default 5x1000); 'none' to skip")
+    parser.add_argument("--busy", default="5x200",
+                        help="busy pool QUEUESxRUNNING_RUNS_PER_QUEUE whose in-flight reads are weighed (default "
+                             "5x200); 'none' to skip")
     parser.add_argument("--latency-ms", default="5,20",
                         help="simulated latencies (comma-separated) added to every Prefect request and AWS call, "
                              "one extra scenario each (default 5,20; 0 to skip them)")
@@ -473,12 +546,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     args.latency_ms = [ms for ms in (float(s) for s in args.latency_ms.split(",") if s.strip()) if ms > 0]
     args.latency_sizes = {int(s) for s in args.latency_sizes.split(",") if s.strip()} if args.latency_ms else set()
-    if args.deep != "none":
-        queues, runs = args.deep.lower().split("x")
-        args.deep = (int(queues), int(runs))
-    else:
-        args.deep = None
+    args.deep, args.busy = _queues_by_runs(args.deep), _queues_by_runs(args.busy)
     return args
+
+
+def _queues_by_runs(value: str) -> tuple[int, int] | None:
+    """``5x1000`` as (5, 1000); ``none`` as None."""
+    if value == "none":
+        return None
+    queues, runs = value.lower().split("x")
+    return int(queues), int(runs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "args": {"sizes": args.sizes, "ticks": args.ticks, "deep": args.deep,
                                         "latency_ms": args.latency_ms, "latency_sizes": sorted(args.latency_sizes),
                                         "latency_ticks": args.latency_ticks},
-                               "scenarios": [], "seeding": []}
+                               "scenarios": [], "seeding": [], "in_flight_candidates": {}}
 
     def note(message: str) -> None:
         print(f"[{time.monotonic() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
@@ -530,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             note(f"{size} queues: ours {s['ours_wall_s']:.3f}s, baseline {s['base_wall_s']:.3f}s "
                  f"({s['speedup']:.1f}x), {s['ours_prefect_requests']:.0f} vs {s['base_prefect_requests']:.0f} "
                  "Prefect requests")
+            if size in args.latency_sizes or size == args.sizes[-1]:
+                results["in_flight_candidates"][f"{size} queues"] = bench.in_flight_candidates(plans)
             for latency_ms in args.latency_ms if size in args.latency_sizes else ():
                 scenario = bench.scenario(f"{size} queues, +{latency_ms:g} ms/request", plans,
                                           ticks=args.latency_ticks, latency_ms=latency_ms, memory=False,
@@ -546,6 +625,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["scenarios"].append(scenario)
             s = scenario["summary"]
             note(f"deep: ours {s['ours_wall_s']:.3f}s, baseline {s['base_wall_s']:.3f}s ({s['speedup']:.2f}x)")
+        if args.busy:
+            queues, running = args.busy
+            busy = plan_busy(queues, running)
+            seed(busy)
+            results["in_flight_candidates"][f"busy {queues}x{running} Running"] = bench.in_flight_candidates(busy)
+            note(f"busy pool: in-flight candidates read for {queues * running} Running runs")
         results["seed_retried_503"] = seeder.retried_503
         results["seed_bulk_retries"] = seeder.bulk_retries
         results["cluster"] = CLUSTER

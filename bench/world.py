@@ -40,6 +40,7 @@ TASK_FAMILY = "prefect-worker"
 POOLS = 5  # queue i lives in pool i % POOLS
 QUEUES_PER_SERVICE = 5  # queue i is served by ECS service i // QUEUES_PER_SERVICE
 DEEP_POOL = "deep-pool"
+BUSY_POOL = "busy-pool"
 # The server is CPU-bound (~35 ms of its CPU per run created) and SQLite takes one writer at a time:
 # measured here, 1 thread creates ~27 runs/s, 2 threads ~20/s and 4 threads ~10/s (most calls then
 # fail with "database is locked" and are retried). So one thread by default.
@@ -240,6 +241,13 @@ def plan_deep(queues: int, late_per_queue: int) -> list[QueuePlan]:
     """A handful of queues in one pool, each with thousands of Late runs and nothing else."""
     return [QueuePlan(index=i, pool=DEEP_POOL, queue=f"deep{i}", service=service_name(900 + i // QUEUES_PER_SERVICE),
                       late=late_per_queue, overdue=0, future=0, pending=0, running=0, runs_in_worker_task=False)
+            for i in range(queues)]
+
+
+def plan_busy(queues: int, running_per_queue: int) -> list[QueuePlan]:
+    """A pool whose queues each hold hundreds of Running runs: what an in-flight read costs when it is busy."""
+    return [QueuePlan(index=i, pool=BUSY_POOL, queue=f"busy{i}", service=service_name(950 + i // QUEUES_PER_SERVICE),
+                      late=0, overdue=0, future=0, pending=0, running=running_per_queue, runs_in_worker_task=True)
             for i in range(queues)]
 
 
