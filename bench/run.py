@@ -205,9 +205,12 @@ class Bench:
 
     def queue_ids(self, session: requests.Session, plans: Sequence[QueuePlan]) -> dict[tuple[str, str], str]:
         names = [p.queue for p in plans]
-        found = session.post(f"{self.api_url}/work_queues/filter", json={"work_queues": {"name": {"any_": names}}},
-                             timeout=30).json()
-        return {(q["work_pool_name"], q["name"]): q["id"] for q in found}
+        ids: dict[tuple[str, str], str] = {}
+        for offset in range(0, len(names), PAGE_SIZE):  # the server answers at most PAGE_SIZE queues at a time
+            found = session.post(f"{self.api_url}/work_queues/filter", timeout=30, json={
+                "work_queues": {"name": {"any_": names}}, "limit": PAGE_SIZE, "offset": offset}).json()
+            ids |= {(q["work_pool_name"], q["name"]): q["id"] for q in found}
+        return ids
 
     def in_flight_candidates(self, plans: Sequence[QueuePlan]) -> list[dict[str, Any]]:
         """Per pool, what each way to read its in-flight runs costs the server, one request at a time.
