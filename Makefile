@@ -58,7 +58,7 @@ dry-run:
 	@$(MAKE) --no-print-directory setup >&2
 	@$(PY) -m prefect_backlog.dry_run $(ARGS)
 
-## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server (~9 min); docs/performance.md
+## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server, server CPU included (~7 min); docs/performance.md
 bench: setup
 	bash scripts/install-prefect.sh 3 .venvs/prefect3
 	$(PY) -m bench.run $(ARGS)
