@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -206,3 +207,41 @@ def test_a_deep_due_stream_counts_its_upcoming_runs_as_a_slice(prefect: FakePref
     (q,) = resolved(c, queue(0, "default", "pool-a"))
     counts = c.read_counts([q], NOW, 900, prewarm={q.id: 240})[q.id]
     assert isinstance(counts, QueueCounts) and (counts.late, counts.due, counts.upcoming) == (1200, 1200, 7)
+
+
+def test_a_deep_late_backlog_reads_its_waiting_and_upcoming_runs_as_one_count_when_there_are_none(
+        prefect: FakePrefect) -> None:
+    prefect.queue("pool-a", "d0")
+    prefect.queue("pool-a", "d1")
+    for minute in range(PAGE_SIZE * 6):
+        prefect.add_runs("pool-a", f"d{minute % 2}", 1, "SCHEDULED", "Late", minutes_ago=minute + 1)
+    memory = DepthMemory()
+    queues = resolved(client(), queue(0, "d0", "pool-a"), queue(1, "d1", "pool-a"))
+    windows = {q.id: 240 for q in queues}
+
+    def read() -> tuple[list[QueueCounts], list[str]]:
+        """The counts, and which counts of runs that are not Late were sent (named by their filter)."""
+        prefect.calls.clear()
+        counts = client(depth_memory=memory).read_counts(queues, NOW, 900, prewarm=windows)
+        sent = []
+        for path, body in prefect.calls:
+            runs = body.get("flow_runs", {})
+            names, start = runs.get("state", {}).get("name", {}).get("any_", []), runs.get("next_scheduled_start_time")
+            if path == "/flow_runs/count" and names and "Late" not in names:
+                window = start is not None and datetime.fromisoformat(start["before_"]) > NOW
+                sent.append("upcoming" if "after_" in (start or {}) else "both" if window else "waiting")
+        return [counts[q.id] for q in queues], sent  # type: ignore[misc]
+
+    read()  # cold: learns that the due stream is too deep to page
+    counts, sent = read()
+    assert [(c.late, c.due, c.upcoming) for c in counts] == [(600, 600, 0), (600, 600, 0)]
+    assert sent == ["both"]  # one count for the waiting and upcoming runs together
+
+    prefect.add_runs("pool-a", "d0", 2, "SCHEDULED", "Scheduled", minutes_ago=3)  # waiting: due, not Late
+    prefect.add_runs("pool-a", "d1", 3, "SCHEDULED", "Scheduled", minutes_ago=-2)  # in the window
+    counts, sent = read()
+    assert [(c.late, c.due, c.upcoming) for c in counts] == [(600, 602, 0), (600, 600, 3)]
+    assert sent[0] == "both" and {"waiting", "upcoming"} <= set(sent)  # not 0: then the slices apart
+    counts, sent = read()
+    assert [(c.late, c.due, c.upcoming) for c in counts] == [(600, 602, 0), (600, 600, 3)]
+    assert "both" not in sent and {"waiting", "upcoming"} <= set(sent)  # remembered: straight to the slices

@@ -116,24 +116,34 @@ def _in_state(*types: str) -> dict[str, Any]:
 def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
     """Runs due now, and Scheduled runs starting within the pre-warm window: one stream, one page, per pool.
 
-    Too deep to page, it splits into Late, waiting (Scheduled or AwaitingRetry, due) and upcoming runs.
+    Too deep to page, it splits into Late runs and the rest: waiting (Scheduled or AwaitingRetry, due) and
+    upcoming runs, read apart only when one count of them together is not 0 (most ticks of a deep backlog
+    are Late runs and nothing else: one count instead of two).
     """
     window_end = now + timedelta(seconds=prewarm_seconds)
-    late = _scheduled(LATE_STATE_NAME, before=now)
-    waiting = _scheduled(*(n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME), before=now)
-    parts = [
-        _Stream("late", late, ("late",), per_queue=(
-            _Lookup(("late", "due"), late),
-            _Lookup(("oldest_late_at",), late, list_sort="NEXT_SCHEDULED_START_TIME_ASC", list_limit=1,
-                    only_if="late"))),
-        _Stream("waiting", waiting, ("due",), per_queue=(_Lookup(("due",), waiting),))]
+    # Late by state name alone: a Late run is due whatever its recorded time (the model says so too), and
+    # without a start-time bound SQLite walks the runs in that state, not the queue's history by time; each
+    # per-queue count is ~10-20% cheaper (bench/run.py's candidates, 3.8.8 and 3.9.1).
+    late = {"state": {"name": {"any_": [LATE_STATE_NAME]}}}
+    not_late = [n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME]
+    waiting = _scheduled(*not_late, before=now)
+    late_part = _Stream("late", late, ("late",), per_queue=(
+        _Lookup(("late", "due"), late),
+        _Lookup(("oldest_late_at",), late, list_sort="NEXT_SCHEDULED_START_TIME_ASC", list_limit=1, only_if="late")))
+    waiting_part = _Stream("waiting", waiting, ("due",), per_queue=(_Lookup(("due",), waiting),))
     counted: tuple[str, ...] = ("due",)
+    parts = (late_part, waiting_part)
     if prewarm_seconds:
         upcoming = _scheduled(SCHEDULED_STATE_NAME, after=now, before=window_end)
-        parts.append(_Stream("upcoming", upcoming, ("upcoming",), per_queue=(_Lookup(("upcoming",), upcoming),)))
+        upcoming_part = _Stream("upcoming", upcoming, ("upcoming",), per_queue=(_Lookup(("upcoming",), upcoming),))
         counted = ("due", "upcoming")
+        # Its count also takes AwaitingRetry runs due within the window, which neither part holds: a page
+        # of them summarizes to neither, and they only make the rest look a little deeper than it is.
+        rest = _Stream("waiting+upcoming", _scheduled(*not_late, before=window_end), counted,
+                       split=(waiting_part, upcoming_part))
+        parts = (late_part, rest)
     # Queues of one pool with different windows are different streams, with depths of their own.
-    return _Stream("due", _scheduled(*DUE_STATE_NAMES, before=window_end), counted, split=tuple(parts),
+    return _Stream("due", _scheduled(*DUE_STATE_NAMES, before=window_end), counted, split=parts,
                    variant=f"+{prewarm_seconds}s")
 
 
