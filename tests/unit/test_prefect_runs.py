@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from prefect_backlog.backlog import QueueCounts
-from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory, PrefectError
+from prefect_backlog.prefect_api import PAGE_SIZE, DepthMemory, PrefectError, ResolvedQueue
 from tests.support.clients import client, queue, resolved
 from tests.support.fake_prefect import NOW, FakePrefect
 
@@ -62,13 +62,18 @@ def test_a_deep_backlog_on_few_queues_is_counted_not_paged(prefect: FakePrefect)
     assert prefect.requests_to("/flow_runs/count") == 1 + 2
 
 
-def test_a_stream_too_deep_to_page_at_the_last_read_is_read_narrower_at_once(prefect: FakePrefect) -> None:
+def two_deep_late_queues(prefect: FakePrefect) -> list[ResolvedQueue]:
+    """Queues d0 and d1 of pool-a, 600 Late runs each (interleaved in time): too deep to page."""
     prefect.queue("pool-a", "d0")
     prefect.queue("pool-a", "d1")
     for minute in range(PAGE_SIZE * 6):
         prefect.add_runs("pool-a", f"d{minute % 2}", 1, "SCHEDULED", "Late", minutes_ago=minute + 1)
+    return resolved(client(), queue(0, "d0", "pool-a"), queue(1, "d1", "pool-a"))
+
+
+def test_a_stream_too_deep_to_page_at_the_last_read_is_read_narrower_at_once(prefect: FakePrefect) -> None:
+    queues = two_deep_late_queues(prefect)
     memory = DepthMemory()
-    queues = resolved(client(), queue(0, "d0", "pool-a"), queue(1, "d1", "pool-a"))
 
     def read() -> tuple[dict[str, QueueCounts | PrefectError], int, int]:
         prefect.calls.clear()
@@ -211,12 +216,8 @@ def test_a_deep_due_stream_counts_its_upcoming_runs_as_a_slice(prefect: FakePref
 
 def test_a_deep_late_backlog_reads_its_waiting_and_upcoming_runs_as_one_count_when_there_are_none(
         prefect: FakePrefect) -> None:
-    prefect.queue("pool-a", "d0")
-    prefect.queue("pool-a", "d1")
-    for minute in range(PAGE_SIZE * 6):
-        prefect.add_runs("pool-a", f"d{minute % 2}", 1, "SCHEDULED", "Late", minutes_ago=minute + 1)
+    queues = two_deep_late_queues(prefect)
     memory = DepthMemory()
-    queues = resolved(client(), queue(0, "d0", "pool-a"), queue(1, "d1", "pool-a"))
     windows = {q.id: 240 for q in queues}
 
     def read() -> tuple[list[QueueCounts], list[str]]:
