@@ -122,8 +122,8 @@ def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
     """
     window_end = now + timedelta(seconds=prewarm_seconds)
     # Late by state name alone: a Late run is due whatever its recorded time (the model says so too), and
-    # without a start-time bound SQLite walks the runs in that state, not the queue's history by time; each
-    # per-queue count is ~10-20% cheaper (bench/run.py's candidates, 3.8.8 and 3.9.1).
+    # without a start-time bound each per-queue count cost the server 10-20% less (bench/run.py's
+    # candidates, on 3.8.8 and 3.9.1).
     late = {"state": {"name": {"any_": [LATE_STATE_NAME]}}}
     not_late = [n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME]
     waiting = _scheduled(*not_late, before=now)
