@@ -77,8 +77,11 @@ def read_prefect(config: Config, client: PrefectClient, now: datetime, fanout: F
     unreported = {r.pool for r in found if r.pool_concurrency_limit is not None and r.pool_active_slots is None}
     pool_active = fanout.submit(lambda: client.pool_active_runs(unreported, fanout))
     try:
-        prewarm = {r.id: config.service_for(config.queues[r.config_index]).prewarm_seconds for r in found}
-        counts = client.read_counts(found, now, config.stuck_pending_seconds, fanout, prewarm)
+        services = {r.id: config.service_for(config.queues[r.config_index]) for r in found}
+        prewarm = {queue_id: service.prewarm_seconds for queue_id, service in services.items()}
+        # Task protection needs these queues' in-flight runs one by one (their workers).
+        listed = {queue_id for queue_id, service in services.items() if service.task_protection}
+        counts = client.read_counts(found, now, config.stuck_pending_seconds, fanout, prewarm, listed)
     except PrefectError as exc:  # credentials rejected half-way
         cause = f"could not read flow runs: {exc}"
         return PrefectReads([QueueResult(config=q, error=cause) for q in config.queues], {}, cause)
@@ -155,13 +158,13 @@ def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueR
     by_index = {q.config.index: q for q in queues}
     candidates = [s for s in config.services if s.task_protection
                   and all(by_index[i].counts is not None for i in s.queue_indexes)]
-    runs = _in_flight_runs(client, [by_index[i] for s in candidates for i in s.queue_indexes], now, fanout)
     holdings: dict[tuple[str, str], Holding] = {}
     for service in candidates:
-        mine = [(runs.get(i), by_index[i].config.runs_in_worker_task) for i in service.queue_indexes]
-        known = [(listed, in_task) for listed, in_task in mine if listed is not None]
+        mine = [(by_index[i].counts, by_index[i].config.runs_in_worker_task) for i in service.queue_indexes]
+        known = [(counts.in_flight_runs, in_task) for counts, in_task in mine
+                 if counts is not None and counts.in_flight_runs is not None]
         if len(known) < len(mine):
-            continue  # the listing of its runs failed: leave its tasks as they are
+            continue  # its runs were not listed one by one: leave its tasks as they are
         holding = holding_runs(known, now)
         if holding.unlabelled:
             _note_unlabelled(warm, service)
@@ -190,26 +193,6 @@ def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueR
                      extra={"ecs_service": "/".join(key), "protected": list(outcome.protect),
                             "released": list(outcome.release)})
     return step
-
-
-def _in_flight_runs(client: PrefectClient, queues: Sequence[QueueResult], now: datetime,
-                    fanout: Fanout) -> dict[int, tuple[RunFacts, ...] | None]:
-    """Each queue's in-flight runs: as the count read listed them, or read now where it only counted them."""
-    listed: dict[int, tuple[RunFacts, ...] | None] = {}
-    unlisted = []
-    for queue in queues:
-        assert queue.counts is not None and queue.resolved is not None
-        if queue.counts.in_flight_runs is None:
-            unlisted.append(queue)
-        else:
-            listed[queue.config.index] = queue.counts.in_flight_runs
-    if unlisted:
-        read = client.read_in_flight([q.resolved for q in unlisted if q.resolved], now, fanout)
-        for queue in unlisted:
-            assert queue.resolved is not None
-            found = read.get(queue.resolved.id)
-            listed[queue.config.index] = None if isinstance(found, PrefectError) or found is None else found
-    return listed
 
 
 def _note_unlabelled(warm: WarmState, service: ServiceConfig) -> None:

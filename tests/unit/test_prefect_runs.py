@@ -246,3 +246,22 @@ def test_a_deep_late_backlog_reads_its_waiting_and_upcoming_runs_as_one_count_wh
     counts, sent = read()
     assert [(c.late, c.due, c.upcoming) for c in counts] == [(600, 602, 0), (600, 600, 3)]
     assert "both" not in sent and {"waiting", "upcoming"} <= set(sent)  # remembered: straight to the slices
+
+
+def test_in_flight_runs_needed_one_by_one_are_paged_however_deep(prefect: FakePrefect) -> None:
+    prefect.add_runs("pool-a", "default", PAGE_SIZE * 3, "RUNNING")
+    c = client()
+    (q,) = resolved(c, queue(0, "default", "pool-a"))
+
+    counted = c.read_counts([q], NOW, 900)[q.id]
+    assert isinstance(counted, QueueCounts) and counted.running == 600 and counted.in_flight_runs is None
+    assert prefect.requests_to("/flow_runs/count") > 1  # too deep to page: counted per queue
+
+    prefect.calls.clear()
+    listed = c.read_counts([q], NOW, 900, listed={q.id})[q.id]  # task protection needs each run's worker
+    assert isinstance(listed, QueueCounts) and listed.running == 600
+    assert listed.in_flight_runs is not None and len(listed.in_flight_runs) == 600
+    in_flight_pages = [body for path, body in prefect.calls if path == "/flow_runs/filter"
+                       and "PENDING" in str(body["flow_runs"].get("state", {}).get("type", {}))]
+    # its three pages, each once, and the look past the last full one (the backlog may have grown)
+    assert sorted(body["offset"] for body in in_flight_pages) == [0, 200, 400, 600]

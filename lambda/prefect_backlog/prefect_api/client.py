@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -54,21 +54,17 @@ class PrefectClient:
         return queries.resolve_queues(self.http, queues)
 
     def read_counts(self, queues: Iterable[QueueScope], now: datetime, stuck_after_seconds: float,
-                    fanout: Fanout | None = None,
-                    prewarm: Mapping[str, int] | None = None) -> dict[str, QueueCounts | PrefectError]:
-        """``prewarm``: each queue id's pre-warm window in seconds, for its upcoming runs."""
+                    fanout: Fanout | None = None, prewarm: Mapping[str, int] | None = None,
+                    listed: Collection[str] = ()) -> dict[str, QueueCounts | PrefectError]:
+        """``prewarm``: each queue id's pre-warm window in seconds, for its upcoming runs; ``listed``: the
+        queue ids whose in-flight runs are needed one by one (in ``QueueCounts.in_flight_runs``)."""
         with self._fanout(fanout) as pool:
             return RunReader(self.http, pool, self.depth_memory, now, stuck_after_seconds,
-                             prewarm).read_counts(queues)
+                             prewarm, listed).read_counts(queues)
 
     def read_workers(self, pools: Iterable[str], fanout: Fanout | None = None) -> dict[str, PoolWorkers | PrefectError]:
         with self._fanout(fanout) as pool:
             return queries.read_workers(self.http, pool, pools)
-
-    def read_in_flight(self, queues: Iterable[QueueScope], now: datetime,
-                       fanout: Fanout | None = None) -> dict[str, tuple[RunFacts, ...] | PrefectError]:
-        with self._fanout(fanout) as pool:
-            return RunReader(self.http, pool, self.depth_memory, now, 0).read_in_flight(queues)
 
     def pool_active_runs(self, pools: Iterable[str], fanout: Fanout | None = None) -> dict[str, int | PrefectError]:
         with self._fanout(fanout) as pool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -147,13 +147,21 @@ def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
                    variant=f"+{prewarm_seconds}s")
 
 
-def in_flight_stream() -> _Stream:
+def in_flight_stream(*, listed: bool = False) -> _Stream:
+    """Pending, Running, Cancelling and Paused runs: one stream, one page, per pool.
+
+    ``listed``: its runs must be known one by one (task protection needs each run's worker), so it is paged
+    to the end, never counted instead: counting and then paging the same runs would cost both.
+    """
+    if listed:
+        return _Stream("in-flight", _in_state(*IN_FLIGHT_STATE_TYPES),
+                       ("pending", "running", "cancelling", "paused_runs"), variant="+listed")
     pending, running, cancelling = _in_state("PENDING"), _in_state("RUNNING"), _in_state("CANCELLING")
     # Paused in their process; a Suspended run (also PAUSED) has left it. Counted by name (2.x has no
     # not_any_), listed by type and told apart by the model.
     paused = {"state": {"type": {"any_": ["PAUSED"]}, "name": {"any_": [PAUSED_STATE_NAME]}}}
     return _Stream("in-flight", _in_state(*IN_FLIGHT_STATE_TYPES),
-                   ("pending", "running", "cancelling", "paused_runs"), in_flight=True, split=(
+                   ("pending", "running", "cancelling", "paused_runs"), split=(
         # Stuck runs are found among the longest-waiting Pending runs; more than a page of them
         # in one queue is reported as a page.
         _Stream("pending", pending, ("pending",), in_flight=True, per_queue=(
@@ -203,28 +211,31 @@ class RunReader:
     """One sample's reads of flow runs; the fanout runs them concurrently, the transport bounds the requests."""
 
     def __init__(self, http: PrefectHttp, fanout: Fanout, depth_memory: DepthMemory, now: datetime,
-                 stuck_after_seconds: float, prewarm: Mapping[str, int] | None = None) -> None:
-        """``prewarm``: each queue id's pre-warm window in seconds (absent: 0, no upcoming runs)."""
+                 stuck_after_seconds: float, prewarm: Mapping[str, int] | None = None,
+                 listed: Collection[str] = ()) -> None:
+        """``prewarm``: each queue id's pre-warm window in seconds (absent: 0, no upcoming runs).
+        ``listed``: the queue ids whose in-flight runs must be read one by one, whatever their depth."""
         self.http = http
         self.fanout = fanout
         self.depth_memory = depth_memory
         self.now = now
         self.stuck_after_seconds = stuck_after_seconds
         self.prewarm = dict(prewarm or {})
+        self.listed = frozenset(listed)
 
     def read_counts(self, queues: Iterable[QueueScope]) -> dict[str, QueueCounts | PrefectError]:
         """Per queue id: its run counts, or the error that kept them from being read.
 
-        Per pool, one in-flight stream; and one due stream per pre-warm window (one, unless the services
-        of a pool's queues choose different windows).
+        Per pool, one due stream per pre-warm window and one in-flight stream for the queues whose runs
+        must be listed and one for the others (one of each, unless a pool's services differ in those).
         """
-        by_pool: dict[str, list[str]] = {}
         by_window: dict[tuple[str, int], list[str]] = {}
+        by_listing: dict[tuple[str, bool], list[str]] = {}
         for queue in queues:
-            by_pool.setdefault(queue.pool, []).append(queue.id)
             by_window.setdefault((queue.pool, self.prewarm.get(queue.id, 0)), []).append(queue.id)
+            by_listing.setdefault((queue.pool, queue.id in self.listed), []).append(queue.id)
         jobs = [(pool, ids, due_stream(self.now, window)) for (pool, window), ids in by_window.items()]
-        jobs += [(pool, ids, in_flight_stream()) for pool, ids in by_pool.items()]
+        jobs += [(pool, ids, in_flight_stream(listed=listed)) for (pool, listed), ids in by_listing.items()]
         outcomes = self.fanout.map(settled(lambda job: self._read_stream(*job)), jobs)
 
         merged: dict[str, QueueCounts | PrefectError] = {}
@@ -238,25 +249,6 @@ class RunReader:
                 else:
                     merged[queue_id] = previous + outcome[queue_id]
         return merged
-
-    def read_in_flight(self, queues: Iterable[QueueScope]) -> dict[str, tuple[RunFacts, ...] | PrefectError]:
-        """Per queue id, its in-flight runs one by one (with their workers), for queues whose runs were only
-        counted: task protection needs each run's worker. Paged per pool, so this costs pages, not queues."""
-        by_pool: dict[str, list[str]] = {}
-        for queue in queues:
-            by_pool.setdefault(queue.pool, []).append(queue.id)
-
-        def read(ids: list[str]) -> list[RunFacts]:
-            return [run_facts(run) for run in self.http.paged("/flow_runs/filter", {
-                "flow_runs": {"state": {"type": {"any_": list(IN_FLIGHT_STATE_TYPES)}}},
-                "work_pool_queues": {"id": {"any_": ids}}, "sort": "ID_DESC"})]
-
-        found: dict[str, tuple[RunFacts, ...] | PrefectError] = {}
-        for ids, runs in zip(by_pool.values(), self.fanout.map(settled(read), list(by_pool.values())), strict=True):
-            for queue_id in ids:
-                found[queue_id] = runs if isinstance(runs, PrefectError) else tuple(
-                    r for r in runs if r.queue_id == queue_id and r.in_flight)
-        return found
 
     def _summarize(self, runs: Iterable[RunFacts], queue_ids: list[str]) -> dict[str, QueueCounts]:
         return summarize_runs(runs, queue_ids, self.now, self.stuck_after_seconds, self.prewarm)
