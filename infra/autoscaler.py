@@ -38,7 +38,6 @@ from prefect_backlog.config import (
     Config,
     ConfigError,
     MonitoringDetail,
-    ServiceConfig,
     parse_config,
 )
 
@@ -93,7 +92,9 @@ class PrefectBacklogPublisher(Construct):
     ``stuck_pending_seconds``, ``reschedule_stuck_pending``, ``max_reschedules_per_run``,
     ``oldest_late_alarm_seconds``, ``unpolled_alarm_seconds``, ``alarm_email``, ``monitoring_detail``,
     ``crash_orphaned_runs``, ``max_crashes_per_run``. ``nested_stacks`` is where alarms (and, in the
-    standalone stack, scaling) are placed; leave it out.
+    standalone stack, scaling) are placed, and ``parsed`` the standalone stack's parsed cdk.json, used as it
+    is so that the packaged configuration keeps cdk.json's queue order (rebuilt from the services, the queues
+    would come service by service); leave both out.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, prefect_api_url: str,
@@ -105,7 +106,8 @@ class PrefectBacklogPublisher(Construct):
                  oldest_late_alarm_seconds: int | None = None, unpolled_alarm_seconds: int | None = None,
                  alarm_email: str | None = None, monitoring_detail: MonitoringDetail | None = None,
                  crash_orphaned_runs: bool | None = None, max_crashes_per_run: int | None = None,
-                 monitoring: bool = True, nested_stacks: NestedStacks | None = None) -> None:
+                 monitoring: bool = True, nested_stacks: NestedStacks | None = None,
+                 parsed: Config | None = None) -> None:
         super().__init__(scope, construct_id)
         given = {name: value for name, value in locals().items() if name in PUBLISHER_SETTINGS}
         if stack_name is None:
@@ -116,7 +118,7 @@ class PrefectBacklogPublisher(Construct):
         if duplicated := sorted({key for key in keys if keys.count(key) > 1}):
             raise ConfigError([f"{self.node.path}: services: ECS service {cluster}/{service} has more than one "
                                "WorkerServiceScaling; give all its queues to one" for cluster, service in duplicated])
-        self.config = config = self._parse(given, services)
+        self.config = config = parsed if parsed is not None else self._parse(given, services)
         self.plan = plan_monitoring(config)
         self.nested_stacks = nested_stacks if nested_stacks is not None else NestedStacks(self, config.stack_name)
         self.publisher = Publisher(self, "Publisher", config=config, package_dir=build_package(config))
@@ -203,11 +205,14 @@ def publisher_settings(config: Config) -> dict[str, Any]:
     return settings
 
 
-def scaling_settings(config: Config, service: ServiceConfig) -> dict[str, Any]:
-    """The :class:`WorkerServiceScaling` keywords of one parsed service, its queues included."""
-    entries = [entry for entry in config.to_context()["queues"]
-               if (entry["cluster"], entry["service"]) == service.key]
-    settings: dict[str, Any] = {name: entries[0][key] for name, key in SCALING_SETTINGS.items()}
-    settings["queues"] = [WorkQueue(**{name: entry.get(key) for name, key in WORK_QUEUE_SETTINGS.items()})
-                          for entry in entries]
+def scaling_settings(config: Config) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per service key, the :class:`WorkerServiceScaling` keywords of a parsed configuration, queues included."""
+    by_service: dict[tuple[str, str], list[Any]] = {}  # cdk.json entries
+    for entry in config.to_context()["queues"]:
+        by_service.setdefault((entry["cluster"], entry["service"]), []).append(entry)
+    settings: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, entries in by_service.items():
+        settings[key] = {name: entries[0][k] for name, k in SCALING_SETTINGS.items()}
+        settings[key]["queues"] = [WorkQueue(**{name: entry.get(k) for name, k in WORK_QUEUE_SETTINGS.items()})
+                                   for entry in entries]
     return settings

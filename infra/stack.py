@@ -46,11 +46,12 @@ class PrefectAutoscalerStack(Stack):
                          suppress_template_indentation=True, **kwargs)
         self.config = config
         self.nested_stacks = NestedStacks(self, config.stack_name)
+        settings = scaling_settings(config)
         services = [WorkerServiceScaling(self.nested_stacks.shard(layout.service_shard(service)),
-                                         ids.construct_id("Scaling", *service.key), **scaling_settings(config, service))
+                                         ids.construct_id("Scaling", *service.key), **settings[service.key])
                     for service in config.services]
         self.autoscaler = PrefectBacklogPublisher(self, "Autoscaler", **publisher_settings(config), services=services,
-                                                  nested_stacks=self.nested_stacks)
+                                                  nested_stacks=self.nested_stacks, parsed=config)
         self.resource_counts = self._resource_counts()
         self._check_limits()
         self.add_metadata(METADATA_KEY, self._layout_metadata())

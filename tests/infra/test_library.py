@@ -50,7 +50,7 @@ def test_every_setting_has_one_keyword_and_every_keyword_one_setting() -> None:
 
     assert set(PUBLISHER_SETTINGS.values()) == set(TOP_LEVEL.keys) - {"queues"}
     assert keywords(PrefectBacklogPublisher.__init__, {"self", "scope", "construct_id", "services", "monitoring",
-                                                       "nested_stacks"}) == set(PUBLISHER_SETTINGS)
+                                                       "nested_stacks", "parsed"}) == set(PUBLISHER_SETTINGS)
     assert set(SCALING_SETTINGS.values()) | set(WORK_QUEUE_SETTINGS.values()) == set(QUEUE_ENTRY.keys)
     assert keywords(WorkerServiceScaling.__init__, {"self", "scope", "construct_id", "queues"}) == set(SCALING_SETTINGS)
     assert set(inspect.signature(WorkQueue).parameters) == set(WORK_QUEUE_SETTINGS)
@@ -191,8 +191,8 @@ def test_the_standalone_stacks_keywords_parse_back_to_its_configuration() -> Non
                    {"workQueue": "c", "workPool": "p", "cluster": "c", "service": "s1"}]})
     app = cdk.App()
     stack = cdk.Stack(app, "S")
-    services = [WorkerServiceScaling(stack, f"S{i}", **scaling_settings(config, s))
-                for i, s in enumerate(config.services)]
+    settings = scaling_settings(config)
+    services = [WorkerServiceScaling(stack, f"S{i}", **settings[s.key]) for i, s in enumerate(config.services)]
     publisher = PrefectBacklogPublisher(stack, "P", **publisher_settings(config), services=services)
     again, original = publisher.config.to_context(), config.to_context()
     # The queues come back grouped by service (a, c for s1, then b): the same entries, in the services' order.

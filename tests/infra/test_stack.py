@@ -10,6 +10,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import aws_cdk as cdk
 import pytest
 from aws_cdk.assertions import Match
 
@@ -86,6 +87,16 @@ def test_packaged_code_carries_the_parsed_config_and_no_boto3(one: Any) -> None:
     assert parse_config(config) == stack.config
     assert (package / "requests").is_dir() and (package / "prefect_backlog" / "handler.py").is_file()
     assert not (package / "boto3").exists() and not (package / "botocore").exists()
+
+
+def test_the_packaged_config_keeps_cdk_json_s_queue_order_when_services_interleave() -> None:
+    first, second, third = SEVERAL_QUEUES["queues"]
+    context = {**SEVERAL_QUEUES, "queues": [first, third, second]}  # ecs-worker, process-worker, ecs-worker
+    stack = PrefectAutoscalerStack(cdk.App(), "Interleaved", config=parse_config(context))
+    assert stack.autoscaler.config == stack.config
+    package = build_package(stack.config)
+    packaged = parse_config(json.loads((package / "prefect_backlog" / "publisher_config.json").read_text()))
+    assert [q.label for q in packaged.queues] == [q.label for q in parse_config(context).queues]
 
 
 def test_iam_is_least_privilege(several: Any) -> None:
