@@ -16,7 +16,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from infra.assembly import read
+from infra.assembly import synthesize
 from infra.stack import PrefectAutoscalerStack, check_template_sizes
 from prefect_backlog.config import ConfigError, parse_config
 
@@ -33,8 +33,7 @@ def main() -> None:
             app, config.stack_name, config=config,
             env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
                                 region=os.environ.get("CDK_DEFAULT_REGION")))
-        assembly = app.synth()
-        check_template_sizes(read(Path(assembly.directory), stack.artifact_id))
+        check_template_sizes(synthesize(stack))
     except ConfigError as error:
         print(f"Configuration error (cdk.json context or -c options): {error}", file=sys.stderr)
         sys.exit(1)

@@ -7,6 +7,12 @@ CloudWatch put on one stack or dashboard are checked at synth (infra/stack.py).
 
 from __future__ import annotations
 
+# Fixed limits per stack (root or nested), per dashboard and per template file: past them a deploy fails late
+# and obscurely, so the stack refuses a configuration beyond what the layout holds, with the counts.
+MAX_RESOURCES_PER_STACK = 500
+MAX_WIDGETS_PER_DASHBOARD = 500
+MAX_TEMPLATE_BYTES = 1_000_000  # per template file (root or nested) uploaded to S3; cfn-lint's E1002 says the same
+
 METRICS_INSIGHTS_ALARMS = 200  # per Region, adjustable
 ECS_SCALABLE_TARGETS = 3_000  # Application Auto Scaling, ECS, per Region, adjustable
 CLOUDFORMATION_STACKS = 2_000  # per Region (nested stacks count), adjustable

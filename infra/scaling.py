@@ -29,7 +29,7 @@ from constructs import Construct, IConstruct, IValidation
 from prefect_backlog import metrics
 from prefect_backlog.config import ConfigError, ServiceConfig
 
-from .metric_queries import metric
+from .metric_queries import PERIOD, metric
 
 ECS_SCALING_ROLE = ("role/aws-service-role/ecs.application-autoscaling.amazonaws.com/"
                     "AWSServiceRoleForApplicationAutoScaling_ECSService")
@@ -39,7 +39,6 @@ SCALE_IN_COOLDOWN = Duration.seconds(300)
 # with more fails at deploy (PutScalingPolicy) in every account that has not raised it.
 MAX_STEP_ADJUSTMENTS = 20
 EXACT_STEPS = 12  # shortfalls added exactly; the rest of the quota spreads geometrically up to maxCapacity
-PERIOD = Duration.minutes(1)
 # A policy's name is its identity within its scalable target: fixed names read well in the console and do not
 # change (replacing the policy) when the construct moves, in the standalone stack or in someone's app.
 TRACKING_POLICY_NAME = "prefect-backlog-per-task"

@@ -17,17 +17,13 @@ from constructs import Construct
 from prefect_backlog.config import Config, ConfigError
 
 from . import ids, layout
-from .assembly import METADATA_KEY, StackTemplates
+from .assembly import METADATA_KEY, ROOT, StackTemplates
 from .autoscaler import PrefectBacklogPublisher, publisher_settings, scaling_settings
 from .layout import SHARD_COUNT, NestedStacks
 from .monitoring.dashboard import BuiltDashboard
+from .quotas import MAX_RESOURCES_PER_STACK, MAX_TEMPLATE_BYTES, MAX_WIDGETS_PER_DASHBOARD
 from .scaling import WorkerServiceScaling
 
-# CloudFormation's limit per stack (root or nested), and CloudWatch's per dashboard: past them a deploy fails
-# late and obscurely, so the stack refuses a configuration beyond what the layout holds, with the counts.
-MAX_RESOURCES_PER_STACK = 500
-MAX_WIDGETS_PER_DASHBOARD = 500
-MAX_TEMPLATE_BYTES = 1_000_000  # per template file (root or nested) uploaded to S3; cfn-lint's E1002 says the same
 CDK_METADATA_RESOURCES = 1  # the CLI adds an AWS::CDK::Metadata resource to every stack, nested ones included
 
 
@@ -62,7 +58,7 @@ class PrefectAutoscalerStack(Stack):
         A nested stack's subtree is its own; the root's tree holds them all (and the nested stack resources).
         """
         nested = {stack_id: _cfn_resources(stack) for stack_id, stack in self.nested_stacks.ordered()}
-        return {"root": _cfn_resources(self) - sum(nested.values()), **nested}
+        return {ROOT: _cfn_resources(self) - sum(nested.values()), **nested}
 
     def _check_limits(self) -> None:
         config = self.config
@@ -70,7 +66,7 @@ class PrefectAutoscalerStack(Stack):
         way_out = ("split the queues across several stacks, each with its own stackName (one cdk.json context or -c "
                    "set per stack; every stack gets its own publisher)")
         problems = [f"queues: {size} put {count + CDK_METADATA_RESOURCES} CloudFormation resources in "
-                    f"{'the root stack' if stack == 'root' else 'nested stack ' + stack}, more than the "
+                    f"{'the root stack' if stack == ROOT else 'nested stack ' + stack}, more than the "
                     f"{MAX_RESOURCES_PER_STACK} one stack may hold (the layout spreads scaling and alarms over "
                     f"{SHARD_COUNT} nested stacks by name): {way_out}"
                     for stack, count in self.resource_counts.items()
@@ -107,7 +103,7 @@ def check_template_sizes(templates: StackTemplates) -> None:
     """After synth (a template's size is known only once written): refuse one CloudFormation would not take."""
     layout = templates.layout
     problems = [f"queues: {layout.get('queues')} queues on {layout.get('services')} ECS services make the "
-                f"{'root' if name == 'root' else name} template {size:,} bytes, more than the {MAX_TEMPLATE_BYTES:,} "
+                f"{name} template {size:,} bytes, more than the {MAX_TEMPLATE_BYTES:,} "
                 "CloudFormation accepts (the overview lists every alarm: with per-queue alarms, 3 per queue): set "
                 'monitoringDetail to "auto" or "pool", or split the queues across several stacks, each with its '
                 "own stackName"

@@ -55,7 +55,7 @@ def _stacks(stack: StackTemplates) -> list[str]:
     nested = [name for name in counts if name != ROOT]
     largest = max(sizes, key=lambda name: sizes[name]) if sizes else None
     lines = [f"Stacks: root ({counts[ROOT]} resources) and {len(nested)} nested stacks; CloudFormation allows "
-             "500 resources and 1 MB per template"]
+             f"{quotas.MAX_RESOURCES_PER_STACK} resources and {quotas.MAX_TEMPLATE_BYTES // 1_000_000} MB per template"]
     cells = [f"{name} {counts[name]:3d}" for name in nested]
     lines += ["  " + "   ".join(cells[start:start + STACKS_PER_LINE])
               for start in range(0, len(cells), STACKS_PER_LINE)]
@@ -73,7 +73,8 @@ def _dashboards(dashboards: list[dict[str, Any]]) -> list[str]:
     line = f"Dashboards: {overview['name']} (overview, {overview['widgets']} widgets)"
     if pages:
         line += (f" and {len(pages)} more, {pages[0]['name']}..{pages[-1]['name'].rsplit('-', 1)[-1]} "
-                 f"(at most {max(p['widgets'] for p in pages)} widgets each; CloudWatch allows 500)")
+                 f"(at most {max(p['widgets'] for p in pages)} widgets each; "
+                 f"CloudWatch allows {quotas.MAX_WIDGETS_PER_DASHBOARD})")
     return [line]
 
 

@@ -34,6 +34,7 @@ from constructs import Construct
 
 from prefect_backlog.config import Config, QueueConfig
 
+from ..assembly import ROOT
 from .plan import MonitoringPlan
 from .rows import Row, WidgetRows
 
@@ -105,14 +106,14 @@ class Dashboards:
         inline = [*self._detail_rows(self.plan.queues, self.plan.pools),
                   *(self.rows.service(s) for s in self.config.services)]
         if _count(head) + _count(inline) <= WIDGET_BUDGET:
-            return self._dashboard(overview_scope, "Dashboard", self.config.stack_name, [*head, *inline], "root")
+            return self._dashboard(overview_scope, "Dashboard", self.config.stack_name, [*head, *inline], ROOT)
         pages = pack(self._pool_groups(), WIDGET_BUDGET - 1)
         for number, page in enumerate(pages, start=1):
             scope, stack = page_scope(number)
             self._dashboard(scope, "Dashboard", dashboard_name(self.config.stack_name, number),
                             [[self._page_header(number, len(pages), page)], *page.rows], stack)
         return self._dashboard(overview_scope, "Dashboard", self.config.stack_name,
-                               [*head, *self._links(pages), *self._shortfall()], "root")
+                               [*head, *self._links(pages), *self._shortfall()], ROOT)
 
     # --- the overview ----------------------------------------------------------------------
 
