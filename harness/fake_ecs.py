@@ -57,10 +57,6 @@ class FakeEcs:
         task = self.tasks[task_id]
         task.last_status, task.protected_until = "STOPPED", None
 
-    def forget_task(self, task_id: str) -> None:
-        """ECS forgets stopped tasks after about an hour: DescribeTasks then answers MISSING."""
-        del self.tasks[task_id]
-
     def live(self, cluster: str, service: str) -> list[str]:
         """IDs of the service's tasks that have not stopped, oldest first."""
         return [t.id for t in self._live(cluster, service)]

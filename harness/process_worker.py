@@ -16,8 +16,7 @@ So ``killpg(worker_pgid, SIGKILL)`` does NOT kill flow runs. ``kill()``
 therefore kills the whole process *tree* (every process that carries this
 worker's private ``PROCESS_WORKER_TAG`` environment variable, which every
 descendant inherits, orphaned or not), the way an ECS task stop does when the
-container's PID namespace goes away. ``kill_group()`` kills only the worker's
-process group (to show the difference).
+container's PID namespace goes away.
 
 Typical use::
 
@@ -28,7 +27,7 @@ Typical use::
         dep = create_local_deployment(c, "pool", "default", flows_dir, "sleepy")
         with ProcessWorker(venv, srv.api_url, "pool", ecs_worker_name()) as w:
             run = c.create_run(dep, scheduled_now(), parameters={"seconds": 30})
-            w.wait_for_state(c, run["id"], "RUNNING")
+            wait_for_state(c, run["id"], "RUNNING")
             w.kill()
 """
 
@@ -52,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from harness.backlog import parse_time
 from harness.processes import die_with_parent, prefect_environment
 
 _LIVE: set[ProcessWorker] = set()
@@ -83,14 +83,6 @@ def ecs_worker_name(task_id: str | None = None) -> str:
     return f"ecs-{task_id or fake_task_id()}"
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def scheduled_now(offset_seconds: float = 0.0) -> dict[str, Any]:
     """A SCHEDULED/"Scheduled" state due now (+ offset), for ``create_flow_run``."""
     from datetime import timedelta
@@ -111,12 +103,6 @@ class Proc:
     state: str  # R, S, Z, ...
     cmdline: str
 
-    @property
-    def is_flow_run(self) -> bool:
-        """The flow-run process (after the workspace supervisor exec()s into the engine)."""
-        return "_workspace_runtime_bootstrap.py" in self.cmdline or "prefect.engine" in self.cmdline or (
-            "prefect.runner._workspace_supervisor" in self.cmdline
-        )
 
 
 def _read_proc(pid: int) -> Proc | None:
@@ -209,11 +195,8 @@ class ProcessWorker:
         # The log lives in the temp home unless given; cleanup() deletes the home, not an explicit log_path.
         self.log_path = Path(log_path) if log_path else self.home / "worker.log"
         self.started_at: datetime | None = None
-        self.started_monotonic: float | None = None
-        self.ready_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self._seen: dict[int, Proc] = {}
 
     # -- command and environment --------------------------------------------------------
     @property
@@ -266,20 +249,7 @@ class ProcessWorker:
 
     def processes(self) -> list[Proc]:
         """Live processes of this worker: the worker itself and every descendant, orphaned or not."""
-        procs = tagged_processes(self.tag)
-        for p in procs:
-            self._seen[p.pid] = p
-        return procs
-
-    def flow_run_processes(self) -> list[Proc]:
-        return [p for p in self.processes() if p.pid != self.pid and p.is_flow_run]
-
-    def process_tree(self) -> str:
-        """A ``ps``-like text dump of ``processes()`` (pid, ppid, pgid, sid, state, cmd)."""
-        lines = [f"{'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S CMD"]
-        for p in self.processes():
-            lines.append(f"{p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} {p.cmdline[:160]}")
-        return "\n".join(lines)
+        return tagged_processes(self.tag)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, wait: bool = True) -> ProcessWorker:
@@ -291,7 +261,6 @@ class ProcessWorker:
         self._log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
         self._log.flush()
         self.started_at = datetime.now(UTC)
-        self.started_monotonic = time.monotonic()
         self._proc = subprocess.Popen(
             self.command(),
             cwd=self.home,
@@ -354,8 +323,6 @@ class ProcessWorker:
             rec = self.server_record()
             beat = rec.get("last_heartbeat_time") if rec else None
             if rec and beat and parse_time(beat) >= self.started_at.replace(microsecond=0):
-                assert self.started_monotonic is not None
-                self.ready_seconds = time.monotonic() - self.started_monotonic
                 return rec
             time.sleep(0.5)
         raise ProcessWorkerError(
@@ -363,17 +330,6 @@ class ProcessWorker:
             f"log {self.log_path}:\n" + self.read_log()[-6000:]
         )
 
-    def wait_polled(self, queue: str = "default", timeout: float = 60.0) -> str:
-        """Wait until the pool's ``queue`` has ``last_polled`` newer than our start (GET, no side effect)."""
-        assert self.started_at is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                q = self._request("GET", f"/work_pools/{self.pool}/queues/{queue}")
-                if q.get("last_polled") and parse_time(q["last_polled"]) >= self.started_at.replace(microsecond=0):
-                    return str(q["last_polled"])
-            time.sleep(0.5)
-        raise ProcessWorkerError(f"queue {self.pool}/{queue} not polled within {timeout:.0f}s")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Graceful stop: SIGTERM to the worker process only (what ``docker stop`` / ECS sends to PID 1).
@@ -420,14 +376,6 @@ class ProcessWorker:
         self._wait_gone(5.0)
         return victims
 
-    def kill_group(self) -> None:
-        """SIGKILL only the worker's own process group (flow runs live in their own sessions and survive)."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
-
     def _wait_gone(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.processes() and time.monotonic() < deadline:
@@ -447,8 +395,8 @@ class ProcessWorker:
             self.kill()
         self._close()
 
-    def cleanup(self) -> None:
-        self.close()
+    def cleanup(self, graceful: bool = True) -> None:
+        self.close(graceful)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> ProcessWorker:
@@ -484,7 +432,6 @@ def wait_for_run(
     predicate: Callable[[dict[str, Any]], bool],
     timeout: float = 60.0,
     interval: float = 0.25,
-    on_poll: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Poll ``GET /flow_runs/{id}`` until ``predicate(run)``; returns the run (raises TimeoutError)."""
     deadline = time.monotonic() + timeout
@@ -495,8 +442,6 @@ def wait_for_run(
         except OSError:  # requests' ConnectionError is an OSError: a reused keep-alive socket the server closed
             time.sleep(interval)
             continue
-        if on_poll:
-            on_poll(run)
         if predicate(run):
             return run
         time.sleep(interval)
@@ -516,14 +461,6 @@ def wait_for_state(
     client: RestClient, run_id: str, type_: str, name: str | None = None, timeout: float = 60.0
 ) -> dict[str, Any]:
     return wait_for_run(client, run_id, state_is(type_, name), timeout=timeout)
-
-
-def run_states(client: RestClient, run_id: str) -> list[tuple[str, str, str]]:
-    """The run's state history, oldest first: (timestamp, type, name). ``GET /flow_runs/{id}/states``
-    is not in every version; ``GET /flow_run_states/?flow_run_id=`` is."""
-    states = client.get(f"/flow_run_states/?flow_run_id={run_id}")
-    rows = [(s["timestamp"], s["type"], s["name"]) for s in states]
-    return sorted(rows)
 
 
 # --- flows and deployments from local source ----------------------------------------------------

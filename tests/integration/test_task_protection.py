@@ -13,7 +13,7 @@ reported orphaned, leave demand, and (opted in) end Crashed on the server.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,10 +52,10 @@ def tick(config: Config, ecs: FakeEcs, aws: MotoAws, warm: WarmState) -> TickRep
 
 
 @pytest.fixture
-def workers(prefect3_server: PrefectServer, prefect_venv_for: object, tmp_path: Path,
+def workers(prefect3_server: PrefectServer, prefect_venv_for: Callable[[str], Path], tmp_path: Path,
             ) -> Iterator[tuple[BacklogClient, str, dict[str, tuple[str, str, ProcessWorker]]]]:
     """Pool ``tp-<id>`` with queues a and b, a deployment for each, and a worker per queue named after its task."""
-    venv = prefect_venv_for("3")  # type: ignore[operator]
+    venv = prefect_venv_for("3")
     c = BacklogClient(prefect3_server.api_url)
     pool = f"tp-{fake_task_id()[:8]}"
     c.create_pool(pool, type="process")
@@ -72,7 +72,7 @@ def workers(prefect3_server: PrefectServer, prefect_venv_for: object, tmp_path: 
         yield c, pool, started
     finally:
         for _, _, worker in started.values():
-            worker.close(graceful=False)
+            worker.cleanup(graceful=False)
 
 
 def test_busy_tasks_are_protected_released_when_idle_and_an_orphan_is_reported_then_crashed(
