@@ -71,9 +71,9 @@ from bench.world import (
 from harness.prefect_server import PrefectServer
 from prefect_backlog.aws.cloudwatch import MAX_DATA_PER_PUT
 from prefect_backlog.aws.ecs import MAX_SERVICES_PER_DESCRIBE
-from prefect_backlog.backlog import IN_FLIGHT_STATE_TYPES
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
+from prefect_backlog.prefect_api.runs import in_flight_stream
 from prefect_backlog.prefect_api.transport import PAGE_SIZE
 from prefect_backlog.tick import WarmState, run_tick
 
@@ -232,7 +232,7 @@ class Bench:
         """
         session = requests.Session()
         ids = self.queue_ids(session, plans)
-        in_flight = {"state": {"type": {"any_": list(IN_FLIGHT_STATE_TYPES)}}}
+        in_flight = in_flight_stream().flow_runs  # the publisher's own in-flight page
         rows = []
         for pool in sorted({p.pool for p in plans}):
             mine = [p for p in plans if p.pool == pool]

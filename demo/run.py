@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -63,6 +62,7 @@ from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer, PrefectServerError
 from prefect_backlog import metrics
 from prefect_backlog.aws.ecs import EcsTaskClient
+from prefect_backlog.backlog import service_signal
 from prefect_backlog.config import DEFAULT_PREWARM_SECONDS, Config, ServiceConfig, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.report import TickReport
@@ -599,10 +599,11 @@ def _per_service(rows: Sequence[Row], key: ServiceKey) -> list[Row]:
 
 
 def needed_tasks(config: Config, burst: Burst, service: ServiceConfig) -> int:
-    """Tasks the burst's runs of ``service`` need: what the step policy asks for them."""
+    """Tasks the burst's runs of ``service`` need: what the step policy asks for them (the publisher's
+    shortfall from 0 tasks)."""
     mine = {(config.queues[i].work_pool, config.queues[i].work_queue) for i in service.queue_indexes}
     runs = sum(len(durations) for queue, durations in burst.runs.items() if queue in mine)
-    return min(service.max_capacity, math.ceil(runs / service.target_backlog_per_task))
+    return service_signal(runs, 0, 0, service.target_backlog_per_task, service.max_capacity).task_shortfall
 
 
 def burst_lines(config: Config, rows: Sequence[Row], cycles: int) -> list[str]:
