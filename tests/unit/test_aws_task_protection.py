@@ -61,6 +61,13 @@ def test_busy_tasks_are_protected_in_calls_of_ten_and_idle_ones_released(ecs: Fa
     assert len(refreshed) == 1 and sorted(refreshed[0]["tasks"]) == sorted(tasks[:5])  # 2 minutes left: refresh
 
 
+def test_the_calls_it_reports_are_the_calls_ecs_received(ecs: FakeEcs) -> None:
+    tasks = ecs.service(*SERVICE, tasks=130)  # ListTasks and GetTaskProtection page at 100, updates go by 10
+    outcome = reconcile(ecs, SERVICE, busy(*tasks[:25], "stopped-task"), ProtectionLedger(), now=NOW,
+                        sample_interval_seconds=60)
+    assert outcome.calls == len(ecs.calls) == 2 + 2 + 1 + 3  # list, read, describe the missing task, protect
+
+
 def test_an_idle_service_with_nothing_protected_costs_no_call(ecs: FakeEcs) -> None:
     ecs.service(*SERVICE, tasks=3)
     ledger = ProtectionLedger()

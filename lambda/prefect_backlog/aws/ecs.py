@@ -42,6 +42,33 @@ class EcsTaskClient(EcsClient, Protocol):
                                expiresInMinutes: int = ...) -> Any: ...
 
 
+class CountingEcs:
+    """An ECS client that counts the calls made through it, failed ones too: ECS rate-limits attempts."""
+
+    def __init__(self, ecs: EcsTaskClient) -> None:
+        self.ecs = ecs
+        self.calls = 0
+
+    def _call(self, name: str, kwargs: dict[str, Any]) -> Any:
+        self.calls += 1
+        return getattr(self.ecs, name)(**kwargs)
+
+    def describe_services(self, **kwargs: Any) -> Any:
+        return self._call("describe_services", kwargs)
+
+    def list_tasks(self, **kwargs: Any) -> Any:
+        return self._call("list_tasks", kwargs)
+
+    def describe_tasks(self, **kwargs: Any) -> Any:
+        return self._call("describe_tasks", kwargs)
+
+    def get_task_protection(self, **kwargs: Any) -> Any:
+        return self._call("get_task_protection", kwargs)
+
+    def update_task_protection(self, **kwargs: Any) -> Any:
+        return self._call("update_task_protection", kwargs)
+
+
 @dataclass(frozen=True)
 class TaskCounts:
     running: int

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from prefect_backlog.aws.ecs import (
     MAX_PROTECTION_MINUTES,
+    CountingEcs,
     EcsTaskClient,
     ServiceKey,
     gone_tasks,
@@ -84,30 +85,28 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     if known is not None and not known and not holding.mapped:
         # nothing protected, nothing to protect: nothing can have changed, and no run can be orphaned
         return ServiceProtection(protected=0, orphans_known=True)
-    calls = 0
+    counted = CountingEcs(ecs)
     try:
-        live = list_service_tasks(ecs, cluster, name)
-        calls += 1
-        protected = {t: until for t, until in (known or {}).items() if t in live}
+        live = list_service_tasks(counted, cluster, name)
         if known is None:
-            protected = read_protection(ecs, cluster, live)
-            calls += 1
+            protected = read_protection(counted, cluster, live)
+        else:
+            protected = {t: until for t, until in known.items() if t in live}
         asked = suspects(holding, live)
-        gone = gone_tasks(ecs, cluster, asked) if asked else frozenset()
-        calls += 1 if asked else 0
+        gone = gone_tasks(counted, cluster, asked) if asked else frozenset()
     except Exception as exc:  # botocore's errors share no useful base beyond this
-        return ServiceProtection(errors=(f"reading the tasks of ECS service {cluster}/{name}: {exc}",), calls=calls)
+        return ServiceProtection(errors=(f"reading the tasks of ECS service {cluster}/{name}: {exc}",),
+                                 calls=counted.calls)
 
     refresh_before = now + timedelta(seconds=sample_interval_seconds) + REFRESH_MARGIN
     plan = plan_protection(holding, ServiceTasks(live, protected, gone), refresh_before=refresh_before)
     if not apply:
         return ServiceProtection(orphaned=plan.orphaned, protected=len(plan.protected_after), protect=plan.protect,
-                                 release=plan.release, orphans_known=True, calls=calls)
-    update = update_protection(ecs, cluster, protect=plan.protect, release=plan.release,
+                                 release=plan.release, orphans_known=True, calls=counted.calls)
+    update = update_protection(counted, cluster, protect=plan.protect, release=plan.release,
                                minutes=protection_minutes(sample_interval_seconds))
-    calls += math.ceil(len(plan.protect) / 10) + math.ceil(len(plan.release) / 10)
     after = {t: until for t, until in protected.items() if t not in update.released} | update.protected
     ledger.record(service, after)
     return ServiceProtection(orphaned=plan.orphaned, protected=len(after), protect=tuple(sorted(update.protected)),
                              release=tuple(sorted(update.released)), errors=update.failures, orphans_known=True,
-                             calls=calls)
+                             calls=counted.calls)
