@@ -57,7 +57,11 @@ class ServiceResult:
     signal: ServiceSignal | None = None
     error: str | None = None
     protection: ServiceProtection | None = None  # None: not protected (off, Prefect 2.x, or its queues unread)
-    unmapped: int | None = None  # in-flight runs whose worker carries no task ID (when protection applies)
+
+    @property
+    def unmapped(self) -> int | None:
+        """In-flight runs whose worker carries no task ID, where protection applies."""
+        return self.protection.unmapped if self.protection is not None else None
 
 
 @dataclass
@@ -69,9 +73,7 @@ class TickReport:
     whole_failure: str | None = None  # set when nothing could be read at all
     rescheduled: int = 0
     crashed: int = 0
-    protection_errors: int = 0
     prefect_requests: int = 0
-    ecs_task_calls: int = 0
     put_metric_data_calls: int = 0
     duration_ms: float = 0.0
 
@@ -86,6 +88,14 @@ class TickReport:
     @property
     def service_errors(self) -> int:
         return sum(1 for s in self.services if s.error is not None)
+
+    @property
+    def protection_errors(self) -> int:
+        return sum(len(s.protection.errors) for s in self.services if s.protection is not None)
+
+    @property
+    def ecs_task_calls(self) -> int:
+        return sum(s.protection.calls for s in self.services if s.protection is not None)
 
     @property
     def orphaned(self) -> int | None:
@@ -113,25 +123,24 @@ class TickReport:
 
 def compute_services(config: Config, queues: Sequence[QueueResult],
                      task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError],
-                     protection: Mapping[tuple[str, str], tuple[ServiceProtection, int]] | None = None,
+                     protection: Mapping[tuple[str, str], ServiceProtection] | None = None,
                      ) -> list[ServiceResult]:
-    """Each service's demand and signal; ``protection`` gives, per service, its protection step and unmapped runs."""
+    """Each service's demand and signal; ``protection`` gives, per service, what its protection step did."""
     demands = {q.config.index: q.demand for q in queues}
     results = []
     for service in config.services:
         demand = sum_demand(demands, service.queue_indexes)
         tasks = task_counts.get(service.key)
-        protected, unmapped = (protection or {}).get(service.key, (None, None))
+        protected = (protection or {}).get(service.key)
         if demand is None:
             failed = [q.config.label for q in queues if q.config.index in service.queue_indexes and q.error]
             results.append(ServiceResult(service, None, error=f"demand unknown: {', '.join(failed)} unread"))
         elif not isinstance(tasks, TaskCounts):
-            results.append(ServiceResult(service, demand, error=str(tasks or "no task counts"), protection=protected,
-                                         unmapped=unmapped))
+            results.append(ServiceResult(service, demand, error=str(tasks or "no task counts"), protection=protected))
         else:
             signal = service_signal(demand, tasks.running, tasks.desired, service.target_backlog_per_task,
                                     service.max_capacity)
-            results.append(ServiceResult(service, demand, signal=signal, protection=protected, unmapped=unmapped))
+            results.append(ServiceResult(service, demand, signal=signal, protection=protected))
     return results
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, NamedTuple, TypeVar
 
@@ -138,10 +138,8 @@ def _queue_results(config: Config, resolved: Mapping[int, ResolvedQueue | Prefec
 class ProtectionStep:
     """The protection step of one sample: per service what was found and done, and the runs found orphaned."""
 
-    services: dict[tuple[str, str], tuple[ServiceProtection, int]] = field(default_factory=dict)
+    services: dict[tuple[str, str], ServiceProtection] = field(default_factory=dict)
     orphaned: list[tuple[QueueConfig, RunFacts]] = field(default_factory=list)
-    errors: int = 0
-    calls: int = 0
 
 
 def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueResult], ecs: EcsTaskClient,
@@ -178,9 +176,7 @@ def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueR
         list(holdings))
     queue_of_run = {q.resolved.id: q for q in queues if q.resolved is not None}
     for key, outcome in zip(holdings, outcomes, strict=True):
-        step.services[key] = (outcome, len(holdings[key].unmapped))
-        step.calls += outcome.calls
-        step.errors += len(outcome.errors)
+        step.services[key] = replace(outcome, unmapped=len(holdings[key].unmapped))
         for error in outcome.errors:
             log.warning(f"task protection: {error}; left as it was", extra={"ecs_service": "/".join(key),
                                                                             "cause": error})
@@ -220,7 +216,7 @@ def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[in
 
 def _with_orphans(queues: Sequence[QueueResult], config: Config, step: ProtectionStep) -> list[QueueResult]:
     """The queues with their orphaned runs counted, where their service's protection step could know them."""
-    checked = {i for s in config.services if (found := step.services.get(s.key)) and found[0].orphans_known
+    checked = {i for s in config.services if (found := step.services.get(s.key)) and found.orphans_known
                for i in s.queue_indexes}
     orphaned: dict[int, int] = {}
     for queue, _ in step.orphaned:
@@ -254,8 +250,7 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         queues = _with_orphans(queues, config, step)
         task_counts = ecs_read.result()
         report = TickReport(now=now, queues=queues, pools=pools, whole_failure=whole_failure,
-                            services=compute_services(config, queues, task_counts, step.services),
-                            protection_errors=step.errors, ecs_task_calls=step.calls)
+                            services=compute_services(config, queues, task_counts, step.services))
         _log_unread(report)
         if writes and config.reschedule_stuck_pending:
             stuck = [(q.config, run_id) for q in queues if q.backlog for run_id in q.backlog.stuck_pending_ids]

@@ -72,6 +72,7 @@ class ServiceProtection:
     # failed: orphans are then unknown, and nothing is published for them.
     orphans_known: bool = False
     calls: int = 0
+    unmapped: int = 0  # in-flight runs whose worker name holds no task ID (counted as demand, never protected)
 
 
 def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger: ProtectionLedger, *,
