@@ -22,12 +22,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from harness.processes import die_with_parent, prefect_environment
+from harness.processes import prefect_environment, read_log, spawn_logged
 
 HOST = "127.0.0.1"
 _LIVE: set[PrefectServer] = set()
@@ -121,10 +120,7 @@ class PrefectServer:
         return {"Authorization": basic_auth_header(self.auth_string)} if self.auth_string else {}
 
     def read_log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     # -- lifecycle ---------------------------------------------------------
     def command(self) -> list[str]:
@@ -152,20 +148,11 @@ class PrefectServer:
             return self
         if not self.executable.exists():
             raise PrefectServerError(f"no prefect executable at {self.executable}")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._log.write(f"\n--- start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
-        self._log.flush()
         began = time.monotonic()
-        self._proc = subprocess.Popen(
-            self.command(),
-            cwd=self.home,
-            env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: stop() kills uvicorn children too
-            preexec_fn=partial(die_with_parent, signal.SIGTERM) if self.die_with_parent else None,
-        )
+        # Its own process group (spawn_logged): stop() kills the uvicorn children too. The log closes in stop().
+        self._proc, self._log = spawn_logged(self.command(), cwd=self.home, env=self.environment(),
+                                             log_path=self.log_path,
+                                             death_signal=signal.SIGTERM if self.die_with_parent else None)
         _LIVE.add(self)
         try:
             self._wait_healthy(began)

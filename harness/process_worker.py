@@ -46,13 +46,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
 
 from harness.backlog import parse_time
-from harness.processes import die_with_parent, prefect_environment
+from harness.processes import prefect_environment, read_log, spawn_logged
 
 _LIVE: set[ProcessWorker] = set()
 TAG_VAR = "PROCESS_WORKER_TAG"
@@ -242,10 +241,7 @@ class ProcessWorker:
         return self._proc.returncode if self._proc else None
 
     def read_log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def processes(self) -> list[Proc]:
         """Live processes of this worker: the worker itself and every descendant, orphaned or not."""
@@ -257,20 +253,11 @@ class ProcessWorker:
             return self
         if not self.executable.exists():
             raise ProcessWorkerError(f"no prefect executable at {self.executable}")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _close()
-        self._log.write(f"--- start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
-        self._log.flush()
         self.started_at = datetime.now(UTC)
-        self._proc = subprocess.Popen(
-            self.command(),
-            cwd=self.home,
-            env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=partial(die_with_parent, signal.SIGKILL) if self.die_with_parent else None,
-        )
+        # The log closes in _close().
+        self._proc, self._log = spawn_logged(self.command(), cwd=self.home, env=self.environment(),
+                                             log_path=self.log_path,
+                                             death_signal=signal.SIGKILL if self.die_with_parent else None)
         _LIVE.add(self)
         if wait:
             try:
