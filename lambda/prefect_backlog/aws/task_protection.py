@@ -68,11 +68,14 @@ class ServiceProtection:
     protect: tuple[str, ...] = ()  # protected or refreshed now
     release: tuple[str, ...] = ()  # released now
     errors: tuple[str, ...] = ()
-    # The orphan count is true: the tasks its runs name were read, or no run names a task. False when a read
-    # failed: orphans are then unknown, and nothing is published for them.
-    orphans_known: bool = False
     calls: int = 0
     unmapped: int = 0  # in-flight runs whose worker name holds no task ID (counted as demand, never protected)
+
+    @property
+    def orphans_known(self) -> bool:
+        """The orphan count is true: the service's tasks were read (or no run names a task). False when a read
+        failed: orphans are then unknown, and nothing is published for them."""
+        return self.protected is not None
 
 
 def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger: ProtectionLedger, *,
@@ -85,7 +88,7 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     known = ledger.known(service)
     if known is not None and not known and not holding.mapped:
         # nothing protected, nothing to protect: nothing can have changed, and no run can be orphaned
-        return ServiceProtection(protected=0, orphans_known=True)
+        return ServiceProtection(protected=0)
     counted = CountingEcs(ecs)
     try:
         live = list_service_tasks(counted, cluster, name)
@@ -103,11 +106,11 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     plan = plan_protection(holding, ServiceTasks(live, protected, gone), refresh_before=refresh_before)
     if not apply:
         return ServiceProtection(orphaned=plan.orphaned, protected=len(plan.protected_after), protect=plan.protect,
-                                 release=plan.release, orphans_known=True, calls=counted.calls)
+                                 release=plan.release, calls=counted.calls)
     update = update_protection(counted, cluster, protect=plan.protect, release=plan.release,
                                minutes=protection_minutes(sample_interval_seconds))
     after = {t: until for t, until in protected.items() if t not in update.released} | update.protected
     ledger.record(service, after)
     return ServiceProtection(orphaned=plan.orphaned, protected=len(after), protect=tuple(sorted(update.protected)),
-                             release=tuple(sorted(update.released)), errors=update.failures, orphans_known=True,
+                             release=tuple(sorted(update.released)), errors=update.failures,
                              calls=counted.calls)

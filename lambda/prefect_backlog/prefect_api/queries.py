@@ -8,7 +8,7 @@ record a poll and would make an idle queue look healthy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,12 +122,8 @@ def reschedule_if_stuck(http: PrefectHttp, run_id: str, now: datetime, stuck_aft
     The run is read again first: Prefect's set_state has no compare-and-set,
     and a run its worker moved to Running since our read must not be touched.
     """
-    path = f"/flow_runs/{quote(run_id, safe='')}"
-    if not is_stuck_pending(run_facts(http.request("GET", path)), now, stuck_after_seconds):
-        return False
-    result = http.request("POST", f"{path}/set_state",
-                          {"state": {"type": "SCHEDULED", "name": "Scheduled"}, "force": False})
-    return isinstance(result, dict) and result.get("status") == "ACCEPT"
+    return _set_state_if(http, run_id, lambda run: is_stuck_pending(run, now, stuck_after_seconds),
+                         {"type": "SCHEDULED", "name": "Scheduled"})
 
 
 def crash_if_orphaned(http: PrefectHttp, run: RunFacts, cause: str) -> bool:
@@ -136,12 +132,16 @@ def crash_if_orphaned(http: PrefectHttp, run: RunFacts, cause: str) -> bool:
     The run is read again first, and left alone unless it is still in flight under the same worker: a run
     that finished, or that another worker picked up since (a resumed run gets a new submission), is not ours.
     """
-    path = f"/flow_runs/{quote(run.id, safe='')}"
-    now = run_facts(http.request("GET", path))
-    if not now.in_flight or now.worker_name != run.worker_name:
+    return _set_state_if(http, run.id, lambda current: current.in_flight and current.worker_name == run.worker_name,
+                         {"type": "CRASHED", "name": "Crashed", "message": cause})
+
+
+def _set_state_if(http: PrefectHttp, run_id: str, still: Callable[[RunFacts], bool], state: dict[str, Any]) -> bool:
+    """Read the run again and, if ``still(run)``, propose ``state`` (not forced); True when Prefect accepted."""
+    path = f"/flow_runs/{quote(run_id, safe='')}"
+    if not still(run_facts(http.request("GET", path))):
         return False
-    result = http.request("POST", f"{path}/set_state", {"state": {"type": "CRASHED", "name": "Crashed",
-                                                                  "message": cause}, "force": False})
+    result = http.request("POST", f"{path}/set_state", {"state": state, "force": False})
     return isinstance(result, dict) and result.get("status") == "ACCEPT"
 
 
