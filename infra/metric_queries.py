@@ -54,9 +54,9 @@ class MetricQueries:
                       period=period, label=definition.name)
 
     def service(self, service: ServiceConfig, definition: metrics.MetricDef, statistic: str,
-                period: Duration = PERIOD) -> cloudwatch.Metric:
+                period: Duration = PERIOD, label: str | None = None) -> cloudwatch.Metric:
         return metric(self.namespace, definition, metrics.service_dimensions(*service.key), statistic, period=period,
-                      label=definition.name)
+                      label=label or definition.name)
 
     def queue_graph(self, queue: QueueConfig, definition: metrics.MetricDef,
                     statistic: str = "Maximum") -> cloudwatch.IMetric:

@@ -15,7 +15,7 @@ from aws_cdk import aws_lambda as lambda_
 from prefect_backlog import metrics
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 
-from ..metric_queries import PERIOD, MetricQueries, metric
+from ..metric_queries import PERIOD, MetricQueries
 from .alarms import SUSTAINED_MINUTES
 from .plan import MonitoringPlan
 
@@ -163,6 +163,5 @@ class WidgetRows:
         """One line per ECS service: the tasks each is short of its demand (the overview of a big fleet)."""
         return cloudwatch.GraphWidget(
             title=title, width=8,
-            left=[metric(self.config.namespace, metrics.TASK_SHORTFALL, metrics.service_dimensions(*s.key), "Maximum",
-                         label=s.path) for s in services],
+            left=[self.queries.service(s, metrics.TASK_SHORTFALL, "Maximum", label=s.path) for s in services],
             left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False))
