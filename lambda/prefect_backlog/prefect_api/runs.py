@@ -226,8 +226,8 @@ class RunReader:
     def read_counts(self, queues: Iterable[QueueScope]) -> dict[str, QueueCounts | PrefectError]:
         """Per queue id: its run counts, or the error that kept them from being read.
 
-        Per pool, one due stream per pre-warm window and one in-flight stream for the queues whose runs
-        must be listed and one for the others (one of each, unless a pool's services differ in those).
+        Per pool: a due stream per pre-warm window, and an in-flight stream for its listed queues and one
+        for the others (usually one of each: a pool's services seldom differ in these).
         """
         by_window: dict[tuple[str, int], list[str]] = {}
         by_listing: dict[tuple[str, bool], list[str]] = {}
