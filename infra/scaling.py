@@ -2,7 +2,7 @@
 
 Two policies work together (when several fire, the larger capacity wins):
 
-* target tracking on ``BacklogPerTask`` keeps demand / running tasks at the
+* target tracking on ``BacklogPerTask`` keeps demand / desired tasks at the
   target; it owns scale-in, which it only does after ~15 quiet minutes and
   never on missing data (the publisher sends nothing when a read fails);
 * a step policy on ``TaskShortfall`` that only ever scales *out*: target
@@ -22,6 +22,7 @@ from typing import Any
 import jsii
 from aws_cdk import Aws, Duration, Token
 from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk.aws_cloudwatch import CfnAlarm
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from constructs import Construct, IConstruct, IValidation
@@ -195,6 +196,17 @@ class WorkerServiceScaling(Construct):
         cfn_step_policy = step_policy.node.default_child
         assert isinstance(cfn_step_policy, appscaling.CfnScalingPolicy)
         cfn_step_policy.policy_name = STEP_POLICY_NAME
+        # A missing shortfall (a failed read, a late sample) must not act. With CloudWatch's default,
+        # `missing`, the alarm evaluates the older datapoints it still has, and while it stays in ALARM
+        # its Auto Scaling action repeats every minute: a stale shortfall would be added again and again.
+        # https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/alarms-and-missing-data.html
+        # https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/alarm-actions.html
+        # CDK's step scaling takes no missing-data option, hence the CloudFormation property.
+        step_alarm = self.step_scaling.upper_alarm
+        assert step_alarm is not None
+        cfn_step_alarm = step_alarm.node.default_child
+        assert isinstance(cfn_step_alarm, CfnAlarm)
+        cfn_step_alarm.treat_missing_data = "notBreaching"  # CloudFormation spelling (the jsii enum value is NOT_BREACHING)
 
 
 def _literal_name(name: str, resource: IConstruct, prop: str) -> str:

@@ -224,16 +224,26 @@ def service_signal(demand: int, running_tasks: int, desired_tasks: int, target_b
                    max_capacity: int) -> ServiceSignal:
     """The per-service figures the scaling policies follow.
 
-    ``backlog_per_task`` divides by max(running, 1) so it is defined, and equal
-    to the demand, at 0 tasks. ``task_shortfall`` is measured against the
-    *desired* count so tasks that are still starting are not asked for twice.
+    ``backlog_per_task`` divides by the *desired* count, max(desired, 1):
+    Application Auto Scaling multiplies a target-tracking metric by the
+    scalable target's current capacity, which for an ECS service is its
+    DesiredCount, and needs the metric to fall in proportion as that capacity
+    grows (AAS user guide, "Target tracking scaling policies"). Divided by the
+    running count instead, a service asked for 4 tasks with 1 running yet
+    would read 4x too high while Fargate starts the rest, and protected tasks
+    held above desired would ratchet desired below the need. With desired as
+    the denominator, AAS's proportional answer ceil(desired * metric / target)
+    is ceil(demand / target) whatever is still starting. At 0 desired it is the
+    demand itself, so a scale-from-zero still reads above target.
+    ``task_shortfall`` is measured against desired for the same reason: tasks
+    still starting are not asked for twice.
     """
     needed = min(math.ceil(demand / target_backlog_per_task), max_capacity)
     return ServiceSignal(
         demand=demand,
         running_tasks=running_tasks,
         desired_tasks=desired_tasks,
-        backlog_per_task=demand / max(running_tasks, 1),
+        backlog_per_task=demand / max(desired_tasks, 1),
         task_shortfall=max(0, needed - desired_tasks),
     )
 

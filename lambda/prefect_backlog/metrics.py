@@ -67,7 +67,7 @@ POOL_METRICS = (ONLINE_WORKERS, SECONDS_SINCE_WORKER_HEARTBEAT)
 # Per ECS service; dimensions ClusterName and ServiceName (the names AWS/ECS uses).
 BACKLOG_PER_TASK = MetricDef(
     "BacklogPerTask", Unit.NONE,
-    "Scaling signal for target tracking: demand / max(running tasks, 1)")
+    "Scaling signal for target tracking: demand / max(desired tasks, 1)")
 DEMAND_FLOW_RUNS = MetricDef(
     "DemandFlowRuns", Unit.COUNT,
     "Flow runs that need this service's tasks: due and upcoming runs of unpaused queues, plus in-flight runs "

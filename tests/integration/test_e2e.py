@@ -229,7 +229,7 @@ def check_origins(outcome: dict[str, Any], synth: Synthesized, layer: Path, runt
 
 def test_packaged_lambda_with_basic_auth_against_prefect3(
         prefect3_auth_server: PrefectServer, moto_endpoint: str, lambda_path: tuple[Path, Path], tmp_path: Path,
-        packaged: list[Path]) -> None:
+        packaged: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     layer, runtime = lambda_path
     s = uuid.uuid4().hex[:8]
     c = BacklogClient(prefect3_auth_server.api_url, auth_string=prefect3_auth_server.auth_string)
@@ -269,10 +269,12 @@ def test_packaged_lambda_with_basic_auth_against_prefect3(
     secrets.create_secret(Name=secret, SecretString=prefect3_auth_server.auth_string)
     ecs.create_cluster(clusterName=CLUSTER)
     ecs.register_task_definition(family="w", containerDefinitions=[{"name": "w", "image": "x", "memory": 128}])
-    for service, tasks in ((f"ecs-{s}", 1), (f"proc-{s}", 0)):
-        ecs.create_service(cluster=CLUSTER, serviceName=service, taskDefinition="w", desiredCount=0)
-        if tasks:
-            ecs.update_service(cluster=CLUSTER, service=service, desiredCount=tasks)
+    # ecs-{s} is scaling out: 2 tasks desired, 1 of them running yet (moto reads its running count from
+    # MOTO_ECS_SERVICE_RUNNING when the service is created; the in-process server shares our environment).
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "1")
+    ecs.create_service(cluster=CLUSTER, serviceName=f"ecs-{s}", taskDefinition="w", desiredCount=2)
+    monkeypatch.setenv("MOTO_ECS_SERVICE_RUNNING", "0")
+    ecs.create_service(cluster=CLUSTER, serviceName=f"proc-{s}", taskDefinition="w", desiredCount=0)
 
     outcome, stdout = invoke(synth, layer, runtime, moto_endpoint)
 
@@ -291,8 +293,11 @@ def test_packaged_lambda_with_basic_auth_against_prefect3(
     assert published(cw, "PendingFlowRuns", WorkPool=proc_pool.pool, WorkQueue="default") == 1
     ecs_dims = {"ClusterName": CLUSTER, "ServiceName": f"ecs-{s}"}
     assert published(cw, "DemandFlowRuns", **ecs_dims) == 4
-    assert published(cw, "BacklogPerTask", **ecs_dims) == 4  # 4 / 1 running task
-    assert published(cw, "TaskShortfall", **ecs_dims) == 1  # ceil(4 / 2) = 2 needed, 1 desired
+    assert (published(cw, "RunningTasks", **ecs_dims), published(cw, "DesiredTasks", **ecs_dims)) == (1, 2)
+    # Per desired task, as Application Auto Scaling multiplies it: 4 / 2, not 4 / 1 running, so target
+    # tracking's ceil(2 desired * 2 / 2 target) = 2 is the need, not 4 while the second task starts.
+    assert published(cw, "BacklogPerTask", **ecs_dims) == 2
+    assert published(cw, "TaskShortfall", **ecs_dims) == 0  # ceil(4 / 2) = 2 needed, 2 desired
     proc_dims = {"ClusterName": CLUSTER, "ServiceName": f"proc-{s}"}
     assert published(cw, "DemandFlowRuns", **proc_dims) == 3  # 1 Late + 1 Running + 1 Pending, in-task
     assert published(cw, "TaskShortfall", **proc_dims) == 2

@@ -141,7 +141,7 @@ def check(outcome: Outcome, aws: MotoAws, fleet: Fleet, log: LogRecords, *, fail
         assert age is not None and late_age <= age <= late_age + (time.time() - fleet.since) + 5, age
         demand = (i + 2) + 1  # due + running (runs live in the worker task); pool 0's gpu is empty
         assert aws.value("DemandFlowRuns", ClusterName=CLUSTER, ServiceName=f"svc-{i}") == demand
-        assert aws.value("BacklogPerTask", ClusterName=CLUSTER, ServiceName=f"svc-{i}") == demand / 1
+        assert aws.value("BacklogPerTask", ClusterName=CLUSTER, ServiceName=f"svc-{i}") == demand / 1  # 1 desired
     if 0 in ok_pools:
         assert aws.queue(fleet.pool(0), "gpu")["DueFlowRuns"] == 0  # a true zero, read
     failed_queues = sum(1 for t in fleet.targets if t.pool in {fleet.pool(i) for i in failed}) + extra_failed

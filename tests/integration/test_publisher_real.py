@@ -99,7 +99,7 @@ def assert_queue(aws: MotoAws, pool: str, queue: str, truth: Truth, since: float
 
 
 def assert_service(aws: MotoAws, service: str, *, demand: int, tasks: int, target: float, max_capacity: int) -> None:
-    """The README's rules, written out: BacklogPerTask = demand / max(running, 1);
+    """The README's rules, written out: BacklogPerTask = demand / max(desired, 1);
     TaskShortfall = max(0, min(ceil(demand / target), max) - desired)."""
     got = aws.service_values(CLUSTER, service)
     assert got == {

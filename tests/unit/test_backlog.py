@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -54,6 +55,27 @@ def test_signal_is_defined_at_zero_tasks_and_shortfall_counts_starting_tasks() -
     assert capped.backlog_per_task == 25 and capped.task_shortfall == 2
     idle = service_signal(demand=0, running_tasks=3, desired_tasks=3, target_backlog_per_task=1, max_capacity=6)
     assert idle.backlog_per_task == 0 and idle.task_shortfall == 0
+
+
+@pytest.mark.parametrize(("running", "desired", "expected"), [
+    (1, 4, 2.0),   # tasks still starting: per desired task, not 8 per the one running
+    (6, 4, 2.0),   # protected tasks held above desired do not lower it
+    (0, 1, 8.0),   # exactly one desired task
+    (0, 0, 8.0),   # at zero the demand itself, so a scale-from-zero reads above target
+])
+def test_backlog_per_task_is_per_desired_task(running: int, desired: int, expected: float) -> None:
+    signal = service_signal(demand=8, running_tasks=running, desired_tasks=desired, target_backlog_per_task=2,
+                            max_capacity=10)
+    assert signal.backlog_per_task == expected
+
+
+@pytest.mark.parametrize("desired", [0, 1, 2, 3, 4, 5, 7, 10])
+def test_target_tracking_proportional_answer_is_the_need_whatever_is_starting(desired: int) -> None:
+    """AAS computes ceil(desired * metric / target); with the metric per desired task that is ceil(demand / target)."""
+    demand, target = 7, 2.0
+    signal = service_signal(demand=demand, running_tasks=0, desired_tasks=desired, target_backlog_per_task=target,
+                            max_capacity=10)
+    assert math.ceil(max(desired, 1) * signal.backlog_per_task / target) == math.ceil(demand / target)
 
 
 def test_service_demand_is_unknown_when_any_queue_is_unknown() -> None:

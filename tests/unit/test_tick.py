@@ -43,11 +43,11 @@ def test_publishes_every_queue_and_service_in_one_put(prefect: FakePrefect, aws:
     assert published(cw, "LateFlowRuns", WorkPool="pool-b", WorkQueue="default") == 0  # a true zero
     assert published(cw, "OldestLateRunAgeSeconds", WorkPool="pool-a", WorkQueue="default") == 360
     assert published(cw, "RunningFlowRuns", WorkPool="pool-b", WorkQueue="gpu") == 2
-    # ecs-worker: demand 3 + 2 over 1 running task; target 2 per task -> 3 tasks needed, 1 desired
+    # ecs-worker: demand 3 + 2 over 1 desired task; target 2 per task -> 3 tasks needed, 1 desired
     ecs_worker = {"ClusterName": "prefect", "ServiceName": "ecs-worker"}
     assert published(cw, "BacklogPerTask", **ecs_worker) == 5
     assert published(cw, "TaskShortfall", **ecs_worker) == 2
-    # process-worker at 0 tasks: 1 Late + 2 running in-process = 3, divided by max(0, 1)
+    # process-worker at 0 desired: 1 Late + 2 running in-process = 3, divided by max(0, 1)
     process_worker = {"ClusterName": "prefect", "ServiceName": "process-worker"}
     assert published(cw, "DemandFlowRuns", **process_worker) == 3
     assert published(cw, "BacklogPerTask", **process_worker) == 3
