@@ -4,8 +4,8 @@ ECS picks which tasks a scale-in stops without knowing what they run, and a
 Process worker that gets SIGTERM interrupts its flows, which then stay Running
 forever. So every task whose worker holds a run is protected from scale-in,
 and released when it holds none. A run names its worker (label
-``prefect.worker.name``, Prefect 3.1.2+); a worker started with its ECS task
-ID in its name names its task.
+``prefect.worker.name``: a 3.1.9+ worker and a 3.1.6+ server); a worker named
+``ecs-<task id>`` names its task.
 
 A task holds a run while the run's process lives in it: Pending, Running,
 Cancelling and Paused, when runs execute inside the worker task
@@ -13,9 +13,10 @@ Cancelling and Paused, when runs execute inside the worker task
 worker is still submitting the run as its own infrastructure, and a worker
 stopped then leaves the run stuck in Pending.
 
-A run whose task is confirmed gone (ECS answers STOPPED, or does not know
-the task) is orphaned: its process died with it. That is decided from the
-task's own status, never from its absence in a list read at another moment.
+A run whose task is confirmed gone (ECS answers STOPPED in this service, or
+does not know the task and its worker no longer heartbeats) is orphaned: its
+process died with it. That is decided from the task's own status, never from
+its absence in a list read at another moment.
 Everything here is pure: runs and task facts in, decisions out.
 """
 
@@ -28,17 +29,19 @@ from datetime import datetime, timedelta
 
 from prefect_backlog.backlog import RunFacts
 
-# The last path segment of a task ARN: 32 lowercase hex characters.
-TASK_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+# A worker named after its task: "ecs-" and the task ID (the last path segment of the task ARN, 32
+# lowercase hex characters), and nothing else. A name that merely contains 32 hex digits (a uuid4().hex,
+# an md5) is not taken for a task: a look-alike would make a live worker's runs look orphaned.
+WORKER_NAME = re.compile(r"ecs-([0-9a-f]{32})")
 # A worker writes its name label just after claiming a run: a run Pending for less than this may simply
 # not be labelled yet, and is not reported as unmapped.
 LABEL_GRACE_SECONDS = 30
 
 
 def task_id_of(worker_name: str | None) -> str | None:
-    """The ECS task ID a worker's name carries, if it carries exactly one."""
-    found = TASK_ID.findall(worker_name or "")
-    return found[0] if len(found) == 1 else None
+    """The ECS task ID of a worker named ``ecs-<task id>`` (what prefect-ecs-worker names it), else None."""
+    named = WORKER_NAME.fullmatch(worker_name or "")
+    return named.group(1) if named else None
 
 
 def holds_task(run: RunFacts, runs_in_worker_task: bool) -> bool:
@@ -91,7 +94,11 @@ class ServiceTasks:
 
     live: frozenset[str]  # the service's tasks whose desired status is RUNNING (ListTasks)
     protected: Mapping[str, datetime]  # of those, the protected ones and when their protection expires
-    gone: frozenset[str] = frozenset()  # tasks asked about one by one (DescribeTasks): STOPPED, or unknown to ECS
+    # Tasks asked about one by one (DescribeTasks): STOPPED in this service, or unknown to ECS (MISSING).
+    stopped: frozenset[str] = frozenset()
+    missing: frozenset[str] = frozenset()
+    # Names of the ONLINE workers of the service's pools (Prefect), or None when they could not be read.
+    online_workers: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,13 +120,34 @@ def plan_protection(holding: Holding, tasks: ServiceTasks, *, refresh_before: da
 
     A named task that is neither live nor gone (it started after the list was read, or belongs to another
     service) is left alone: it is not ours to protect, and its runs are not orphaned.
+
+    A run is orphaned when its task is STOPPED in this service, or when ECS does not know the task (it
+    forgets stopped tasks after a while) *and* the run's worker is not ONLINE in Prefect: a worker that
+    still heartbeats is alive, whatever its name suggests. Unknown worker health orphans nothing there.
     """
     busy = holding.busy_tasks & tasks.live
     protect = sorted(t for t in busy if tasks.protected.get(t) is None or tasks.protected[t] < refresh_before)
     release = sorted(t for t in tasks.protected if t in tasks.live and t not in busy)
-    orphaned = tuple(run for task in sorted(holding.busy_tasks & tasks.gone) for run in holding.mapped[task])
+    orphaned = tuple(run for task in sorted(holding.busy_tasks & (tasks.stopped | tasks.missing))
+                     for run in holding.mapped[task] if task in tasks.stopped or _worker_gone(run, tasks))
     protected_after = (frozenset(tasks.protected) & tasks.live | busy) - frozenset(release)
     return ProtectionPlan(tuple(protect), tuple(release), orphaned, protected_after)
+
+
+def _worker_gone(run: RunFacts, tasks: ServiceTasks) -> bool:
+    return tasks.online_workers is not None and run.worker_name not in tasks.online_workers
+
+
+def plan_hold(tasks: ServiceTasks, *, refresh_before: datetime) -> ProtectionPlan:
+    """Prefect could not be read, so which tasks hold runs is unknown: keep every protected live task
+    protected (refreshing what expires before ``refresh_before``), release nothing, and name no orphan.
+
+    Target tracking's low alarm evaluates the older datapoints it still has and may scale in during the
+    outage; without this, protection would lapse a few minutes in and a scale-in could stop running flows.
+    """
+    kept = frozenset(tasks.protected) & tasks.live
+    protect = sorted(t for t in kept if tasks.protected[t] < refresh_before)
+    return ProtectionPlan(tuple(protect), (), (), kept)
 
 
 def orphaned_in_a_row(previous: Iterable[str], now_orphaned: Iterable[RunFacts]) -> tuple[RunFacts, ...]:

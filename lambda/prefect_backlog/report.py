@@ -56,12 +56,12 @@ class ServiceResult:
     demand: int | None
     signal: ServiceSignal | None = None
     error: str | None = None
-    protection: ServiceProtection | None = None  # None: not protected (off, Prefect 2.x, or its queues unread)
+    protection: ServiceProtection | None = None  # None: not protected (off, or Prefect 2.x)
 
     @property
     def unmapped(self) -> int | None:
-        """In-flight runs whose worker carries no task ID, where protection applies."""
-        return self.protection.unmapped if self.protection is not None else None
+        """In-flight runs whose worker carries no task ID, where protection applies and the runs were read."""
+        return self.protection.unmapped if self.protection is not None and not self.protection.held else None
 
 
 @dataclass
@@ -134,7 +134,8 @@ def compute_services(config: Config, queues: Sequence[QueueResult],
         protected = (protection or {}).get(service.key)
         if demand is None:
             failed = [q.config.label for q in queues if q.config.index in service.queue_indexes and q.error]
-            results.append(ServiceResult(service, None, error=f"demand unknown: {', '.join(failed)} unread"))
+            results.append(ServiceResult(service, None, error=f"demand unknown: {', '.join(failed)} unread",
+                                         protection=protected))  # kept protected while its runs are unread
         elif not isinstance(tasks, TaskCounts):
             results.append(ServiceResult(service, demand, error=str(tasks or "no task counts"), protection=protected))
         else:

@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple, TypeVar
 
 from prefect_backlog.aws.cloudwatch import CloudWatchClient, put_metric_data
 from prefect_backlog.aws.ecs import EcsTaskClient, describe_services
-from prefect_backlog.aws.task_protection import ProtectionLedger, ServiceProtection, reconcile
+from prefect_backlog.aws.task_protection import ProtectionLedger, ServiceProtection, hold, reconcile
 from prefect_backlog.backlog import QueueCounts, RunFacts, limit_reached
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 from prefect_backlog.fanout import Fanout
@@ -142,27 +142,29 @@ class ProtectionStep:
     orphaned: list[tuple[QueueConfig, RunFacts]] = field(default_factory=list)
 
 
-def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueResult], ecs: EcsTaskClient,
-                  fanout: Fanout, warm: WarmState, now: datetime, mode: ProtectionMode) -> ProtectionStep:
+def protect_tasks(config: Config, queues: Sequence[QueueResult], pools: Mapping[str, PoolWorkers | PrefectError],
+                  ecs: EcsTaskClient, fanout: Fanout, warm: WarmState, now: datetime,
+                  mode: ProtectionMode) -> ProtectionStep:
     """Protect every task whose worker holds a run, release the others, and find the orphaned runs.
 
-    A service is left exactly as it is when any of its queues was not read
-    (its runs are unknown, so nothing may be released), and when the runs
-    carry no worker at all (Prefect 2.x agents label nothing).
+    A service whose runs are unknown (any of its queues unread, Prefect down)
+    keeps its protected tasks protected, refreshed before they expire, and has
+    nothing released. A service whose runs carry no worker at all (Prefect 2.x
+    agents label nothing) is left as it is.
     """
     step = ProtectionStep()
     if mode == "off":
         return step
     by_index = {q.config.index: q for q in queues}
-    candidates = [s for s in config.services if s.task_protection
-                  and all(by_index[i].counts is not None for i in s.queue_indexes)]
     holdings: dict[tuple[str, str], Holding] = {}
-    for service in candidates:
+    unread: list[tuple[str, str]] = []
+    for service in (s for s in config.services if s.task_protection):
         mine = [(by_index[i].counts, by_index[i].config.runs_in_worker_task) for i in service.queue_indexes]
         known = [(counts.in_flight_runs, in_task) for counts, in_task in mine
                  if counts is not None and counts.in_flight_runs is not None]
         if len(known) < len(mine):
-            continue  # its runs were not listed one by one: leave its tasks as they are
+            unread.append(service.key)  # its runs were not all read: keep what is protected, release nothing
+            continue
         holding = holding_runs(known, now)
         if holding.unlabelled:
             _note_unlabelled(warm, service)
@@ -170,25 +172,49 @@ def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueR
         holdings[service.key] = holding
         _log_unmapped(service, holding, by_index)
 
+    apply = mode == "apply"
+    interval = config.sample_interval_seconds
+    online = {s.key: _online_workers(s, by_index, pools) for s in config.services}
     outcomes = fanout.map(
-        lambda key: reconcile(ecs, key, holdings[key], warm.protection, now=now,
-                              sample_interval_seconds=config.sample_interval_seconds, apply=mode == "apply"),
-        list(holdings))
-    queue_of_run = {q.resolved.id: q for q in queues if q.resolved is not None}
-    for key, outcome in zip(holdings, outcomes, strict=True):
-        step.services[key] = replace(outcome, unmapped=len(holdings[key].unmapped))
+        lambda key: reconcile(ecs, key, holdings[key], warm.protection, now=now, sample_interval_seconds=interval,
+                              online_workers=online[key], apply=apply) if key in holdings
+        else hold(ecs, key, warm.protection, now=now, sample_interval_seconds=interval, apply=apply),
+        [*holdings, *unread])
+    for key, outcome in zip([*holdings, *unread], outcomes, strict=True):
+        step.services[key] = outcome
         for error in outcome.errors:
             log.warning(f"task protection: {error}; left as it was", extra={"ecs_service": "/".join(key),
                                                                             "cause": error})
+        if outcome.held and outcome.protect:
+            verb = "kept" if apply else "would keep"
+            log.warning(f"ECS service {'/'.join(key)}: its flow runs could not be read; {verb} "
+                        f"{len(outcome.protect)} task(s) protected and released none",
+                        extra={"ecs_service": "/".join(key), "protected": list(outcome.protect)})
+    queue_of_run = {q.resolved.id: q for q in queues if q.resolved is not None}
+    for key in holdings:
+        outcome = step.services[key] = replace(step.services[key], unmapped=len(holdings[key].unmapped))
         step.orphaned += [(queue_of_run[run.queue_id].config, run) for run in outcome.orphaned
                           if run.queue_id in queue_of_run]
         if outcome.protect or outcome.release:
-            verb = "protected" if mode == "apply" else "would protect"
+            verb = "protected" if apply else "would protect"
             log.info(f"ECS service {'/'.join(key)}: {verb} {len(outcome.protect)} busy task(s), "
                      f"released {len(outcome.release)} idle one(s)",
                      extra={"ecs_service": "/".join(key), "protected": list(outcome.protect),
                             "released": list(outcome.release)})
     return step
+
+
+def _online_workers(service: ServiceConfig, by_index: Mapping[int, QueueResult],
+                    pools: Mapping[str, PoolWorkers | PrefectError]) -> frozenset[str] | None:
+    """The names of the ONLINE workers of the service's pools, or None when any of them was not read."""
+    names: set[str] = set()
+    for i in service.queue_indexes:
+        resolved = by_index[i].resolved
+        workers = pools.get(resolved.pool) if resolved is not None else None
+        if not isinstance(workers, PoolWorkers):
+            return None
+        names |= workers.online_names
+    return frozenset(names)
 
 
 def _note_unlabelled(warm: WarmState, service: ServiceConfig) -> None:
@@ -245,8 +271,8 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         # anything else it raises surfaces from .result(), after any Prefect error.
         ecs_read = fanout.submit(lambda: describe_services(ecs, [s.key for s in config.services]))
         queues, pools, whole_failure = read_prefect(config, client, now, fanout)
-        step = ProtectionStep() if whole_failure else protect_tasks(
-            config, client, queues, ecs, fanout, warm, now, protection)
+        # Even when Prefect could not be read at all: protection must outlast the outage.
+        step = protect_tasks(config, queues, pools, ecs, fanout, warm, now, protection)
         queues = _with_orphans(queues, config, step)
         task_counts = ecs_read.result()
         report = TickReport(now=now, queues=queues, pools=pools, whole_failure=whole_failure,

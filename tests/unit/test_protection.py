@@ -13,6 +13,7 @@ from prefect_backlog.protection import (
     holding_runs,
     holds_task,
     orphaned_in_a_row,
+    plan_hold,
     plan_protection,
     suspects,
     task_id_of,
@@ -31,10 +32,16 @@ def run(state_type: str, worker: str | None, *, name: str | None = None, run_id:
 
 @pytest.mark.parametrize(("worker", "task"), [
     (f"ecs-{A}", A),
-    (f"prefect-worker {A} (eu-west-1)", A),
+    ("ecs-3f2b9c4e8d1a4b6e9f0c2a7d5e1b8c3f", "3f2b9c4e8d1a4b6e9f0c2a7d5e1b8c3f"),
+    (f"prefect-worker {A} (eu-west-1)", None),  # merely contains 32 hex digits: a uuid4().hex, an md5
+    (A, None),  # no "ecs-" prefix
+    (f"ecs-{A} ", None),  # anything after it
+    (f"my-ecs-{A}", None),  # anything before it
     ("ProcessWorker 3f2b9c4e-8d1a-4b6e-9f0c-2a7d5e1b8c3f", None),  # Prefect's default name: a uuid with dashes
-    (f"{A}-{B}", None),  # two task ids: which one?
+    (f"ecs-{A}-{B}", None),  # two task ids: which one?
     ("ecs-" + "a" * 33, None),  # not a task id
+    ("ecs-" + "a" * 31, None),
+    ("ecs-" + "A" * 32, None),  # task ids are lowercase
     (None, None),
 ])
 def test_the_task_id_a_worker_name_carries(worker: str | None, task: str | None) -> None:
@@ -93,10 +100,50 @@ def test_only_a_task_ecs_reports_gone_orphans_its_runs() -> None:
     live = frozenset({D})
     assert suspects(holding, live) == {A, B, C}  # each one is asked about on its own
     # DescribeTasks: A is STOPPED; B started after the list was read (RUNNING); C runs in another service
-    plan = plan_protection(holding, ServiceTasks(live=live, protected={}, gone=frozenset({A})),
+    plan = plan_protection(holding, ServiceTasks(live=live, protected={}, stopped=frozenset({A})),
                            refresh_before=NOW)
     assert plan.orphaned == (gone_run,)
     assert plan.protect == () and plan.release == ()  # B and C are not this service's to protect
+
+
+@pytest.mark.parametrize(("online", "orphaned"), [
+    (frozenset({f"ecs-{A}"}), False),  # ECS does not know the task, but its worker heartbeats: alive
+    (frozenset({f"ecs-{B}"}), True),  # its worker is gone from Prefect too
+    (frozenset(), True),
+    (None, False),  # worker health unread: unknown, so not orphaned
+])
+def test_a_task_ecs_does_not_know_orphans_its_runs_only_when_its_worker_is_gone(
+        online: frozenset[str] | None, orphaned: bool) -> None:
+    missing_run = run("RUNNING", f"ecs-{A}")
+    holding = Holding({A: (missing_run,)}, (), False)
+    tasks = ServiceTasks(live=frozenset(), protected={}, missing=frozenset({A}), online_workers=online)
+    assert plan_protection(holding, tasks, refresh_before=NOW).orphaned == ((missing_run,) if orphaned else ())
+
+
+def test_a_stopped_task_orphans_its_runs_even_if_a_worker_of_that_name_is_online() -> None:
+    """STOPPED in this service is ECS's own word: a worker of the same name elsewhere does not revive it."""
+    stopped_run = run("RUNNING", f"ecs-{A}")
+    tasks = ServiceTasks(live=frozenset(), protected={}, stopped=frozenset({A}), online_workers=frozenset({f"ecs-{A}"}))
+    assert plan_protection(Holding({A: (stopped_run,)}, (), False), tasks, refresh_before=NOW).orphaned == (stopped_run,)
+
+
+def test_a_look_alike_worker_name_is_demand_not_an_orphan() -> None:
+    """A worker named with a uuid4().hex holds its runs unmapped: never asked about, never orphaned."""
+    look_alike = run("RUNNING", f"worker-{A}")
+    holding = holding_runs([([look_alike], True)], NOW)
+    assert holding.unmapped == (look_alike,) and not holding.mapped
+    assert suspects(holding, frozenset()) == frozenset()
+
+
+def test_hold_keeps_and_refreshes_what_is_protected_and_releases_nothing() -> None:
+    refresh_before = NOW + timedelta(minutes=3)
+    tasks = ServiceTasks(live=frozenset({A, B, C}),
+                         protected={A: refresh_before - timedelta(seconds=1), B: refresh_before,
+                                    D: NOW + timedelta(minutes=1)})  # D is no longer live
+    plan = plan_hold(tasks, refresh_before=refresh_before)
+    assert plan.protect == (A,)  # B expires exactly at the refresh point: not yet
+    assert plan.release == () and plan.orphaned == ()
+    assert plan.protected_after == {A, B}
 
 
 def test_only_runs_orphaned_twice_in_a_row_may_be_crashed() -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from harness.fake_ecs import FakeEcs
+from prefect_backlog.aws.task_protection import REFRESH_MARGIN
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import WarmState, run_tick
-from tests.support.fake_prefect import API, NOW, PUBLISHER_CONTEXT, FakePrefect
+from tests.support.fake_prefect import API, NOW, PUBLISHER_CONTEXT, FakePrefect, failing
 from tests.support.moto_aws import published
 
 PROCESS = {"ClusterName": "prefect", "ServiceName": "process-worker"}
@@ -108,6 +111,48 @@ def test_an_orphan_is_crashed_only_after_two_samples_in_a_row(prefect: FakePrefe
     assert tick(config, ecs, aws, warm).crashed == 1 and prefect.run(orphan)["state_type"] == "CRASHED"
 
 
+def test_a_live_worker_whose_name_only_looks_like_a_task_is_not_orphaned(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
+    """A worker named with a uuid4().hex, alive and heartbeating: its runs stay demand, nothing is crashed."""
+    ecs.service("prefect", "process-worker", tasks=1)
+    name = f"worker-{uuid.uuid4().hex}"
+    prefect.workers["pool-b"] = [{"name": name, "last_heartbeat_time": NOW.isoformat(), "status": "ONLINE"}]
+    prefect.add_runs("pool-b", "gpu", 2, "RUNNING", worker=name)
+    config = parse_config({**PUBLISHER_CONTEXT, "crashOrphanedRuns": True})
+    warm = WarmState()
+    for _ in range(3):
+        report = tick(config, ecs, aws, warm)
+        assert report.crashed == 0
+    assert ecs.count("DescribeTasks") == 0  # never asked about: it names no task
+    assert published(aws["cloudwatch"], "OrphanedFlowRuns", **GPU) == 0
+    assert published(aws["cloudwatch"], "DemandFlowRuns", **PROCESS) == 2
+    assert published(aws["cloudwatch"], "UnmappedFlowRuns", **PROCESS) == 2
+
+
+@pytest.mark.parametrize(("status", "orphaned"), [("ONLINE", 0), ("OFFLINE", 1)])
+def test_a_task_ecs_does_not_know_orphans_its_runs_only_if_its_worker_is_gone_too(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], status: str, orphaned: int) -> None:
+    ecs.service("prefect", "process-worker", tasks=1)
+    unknown = uuid.uuid4().hex  # ECS answers MISSING: forgotten, or never a task of this account
+    prefect.workers["pool-b"] = [{"name": f"ecs-{unknown}", "last_heartbeat_time": NOW.isoformat(), "status": status}]
+    prefect.add_runs("pool-b", "gpu", 1, "RUNNING", worker=f"ecs-{unknown}")
+    tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
+    assert ecs.count("DescribeTasks") == 1
+    assert published(aws["cloudwatch"], "OrphanedFlowRuns", **GPU) == orphaned
+    assert published(aws["cloudwatch"], "DemandFlowRuns", **PROCESS) == 1 - orphaned
+
+
+def test_a_task_stopped_in_another_service_orphans_nothing_here(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
+    ecs.service("prefect", "process-worker", tasks=1)
+    elsewhere = ecs.start_task("prefect", "ecs-worker")
+    ecs.stop_task(elsewhere)
+    prefect.add_runs("pool-b", "gpu", 1, "RUNNING", worker=f"ecs-{elsewhere}")
+    tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
+    assert published(aws["cloudwatch"], "OrphanedFlowRuns", **GPU) == 0
+    assert published(aws["cloudwatch"], "DemandFlowRuns", **PROCESS) == 1
+
+
 def test_runs_whose_worker_names_no_task_are_counted_and_the_fix_is_logged(
         prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     ecs.service("prefect", "process-worker", tasks=1)
@@ -138,16 +183,63 @@ def test_a_failed_task_read_keeps_protection_and_still_publishes_the_backlog(
     assert ecs.protected("prefect", "process-worker") == {task}  # nothing released
 
 
-def test_a_service_whose_queue_was_not_read_is_left_exactly_as_it_is(
+def test_a_service_whose_queue_was_not_read_keeps_its_protection_and_releases_nothing(
         prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
-    (task,) = ecs.service("prefect", "process-worker", tasks=1)
-    ecs.tasks[task].protected_until = NOW.replace(hour=13)
+    expiring, later, idle = ecs.service("prefect", "process-worker", tasks=3)
+    # The edge: protection that ends exactly at the next sample's refresh point is not yet refreshed.
+    refresh_point = NOW + timedelta(seconds=60) + REFRESH_MARGIN
+    ecs.tasks[expiring].protected_until = refresh_point - timedelta(seconds=1)
+    ecs.tasks[later].protected_until = refresh_point
     gpu_id = prefect.queue_id("pool-b", "gpu")
     prefect.faults["/flow_runs/filter"] = lambda body: (
         (500, {}, "{}") if gpu_id in body["work_pool_queues"]["id"]["any_"] else None)
+    report = tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
+    updates = [a for op, a in ecs.calls if op == "UpdateTaskProtection"]
+    assert updates == [{"cluster": "prefect", "tasks": [expiring], "protectionEnabled": True,
+                        "expiresInMinutes": 5}]  # refreshed; nothing released, nothing newly protected
+    assert ecs.protected("prefect", "process-worker") == {expiring, later}
+    assert idle not in ecs.protected("prefect", "process-worker")
+    assert published(aws["cloudwatch"], "OrphanedFlowRuns", **GPU) is None  # runs unread: orphans unknown
+    assert report.services[1].protection is not None and report.services[1].protection.held
+
+
+def test_protection_outlasts_a_prefect_outage(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    """Prefect down for 15 minutes: the busy task stays protected at every minute, though protection lasts 5."""
+    clock = [NOW]
+    ecs = FakeEcs(now=lambda: clock[0])
+    ecs.service("prefect", "ecs-worker", tasks=1)
+    busy, idle = ecs.service("prefect", "process-worker", tasks=2)
+    prefect.add_runs("pool-b", "gpu", 1, "RUNNING", worker=f"ecs-{busy}")
+    warm = WarmState()
+    config = parse_config(PUBLISHER_CONTEXT)
+
+    def sample() -> TickReport:
+        client = PrefectClient(API, deadline=time.monotonic() + 20, sleep=lambda _: None, depth_memory=warm.depth)
+        return run_tick(config, client, ecs=ecs, cloudwatch=aws["cloudwatch"], now=clock[0], warm=warm)
+
+    sample()
+    assert ecs.protected("prefect", "process-worker") == {busy}
+    prefect.faults["/work_queues/filter"] = failing(503)  # the server is down: nothing can be read
+    for minute in range(1, 16):
+        clock[0] = NOW + timedelta(minutes=minute)
+        report = sample()
+        assert report.whole_failure is not None
+        assert ecs.protected("prefect", "process-worker") == {busy}, minute
+    assert not [a for op, a in ecs.calls if op == "UpdateTaskProtection" and not a["protectionEnabled"]]
+
+
+def test_a_cold_container_in_an_outage_keeps_what_ecs_reports_protected(
+        prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    ecs = FakeEcs(now=lambda: NOW)
+    ecs.service("prefect", "ecs-worker", tasks=1)
+    protected, unprotected = ecs.service("prefect", "process-worker", tasks=2)
+    ecs.tasks[protected].protected_until = NOW + timedelta(minutes=1)  # set by an earlier container
+    prefect.faults["/work_queues/filter"] = failing(503)
     tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
-    assert not [a for op, a in ecs.calls if op != "DescribeServices" and a.get("serviceName") == "process-worker"]
-    assert ecs.protected("prefect", "process-worker") == {task}
+    # one GetTaskProtection per protected service (both are): what ECS reports protected is kept
+    assert ecs.count("GetTaskProtection") == 2
+    assert ecs.protected("prefect", "process-worker") == {protected}
+    assert ecs.tasks[protected].protected_until == NOW + timedelta(minutes=5)
 
 
 def test_protection_can_be_switched_off_per_service(prefect: FakePrefect, ecs: FakeEcs,

@@ -128,14 +128,28 @@ def list_service_tasks(ecs: EcsTaskClient, cluster: str, service: str) -> frozen
             return frozenset(found)
 
 
-def gone_tasks(ecs: EcsTaskClient, cluster: str, task_ids: Iterable[str]) -> frozenset[str]:
-    """Of ``task_ids``, those ECS reports STOPPED or does not know (MISSING): their processes are gone."""
-    gone: set[str] = set()
+@dataclass(frozen=True)
+class GoneTasks:
+    """What DescribeTasks said of tasks that runs name but the service's task list does not hold."""
+
+    stopped: frozenset[str] = frozenset()  # STOPPED tasks of this very service (their group is "service:<name>")
+    missing: frozenset[str] = frozenset()  # unknown to ECS: forgotten since they stopped, or never a task here
+
+
+def gone_tasks(ecs: EcsTaskClient, cluster: str, service: str, task_ids: Iterable[str]) -> GoneTasks:
+    """Of ``task_ids``, those ECS reports STOPPED in ``service``, and those it does not know (MISSING).
+
+    A STOPPED task of another service or a standalone task is neither: it is not this service's, so what its
+    runs do is not this service's to decide.
+    """
+    stopped: set[str] = set()
+    missing: set[str] = set()
     for chunk in _chunks(task_ids, MAX_TASKS_PER_DESCRIBE):
         response = ecs.describe_tasks(cluster=cluster, tasks=chunk)
-        gone.update(task_id(t["taskArn"]) for t in response.get("tasks", []) if t.get("lastStatus") == "STOPPED")
-        gone.update(task_id(f.get("arn", "")) for f in response.get("failures", []) if f.get("reason") == "MISSING")
-    return frozenset(gone)
+        stopped.update(task_id(t["taskArn"]) for t in response.get("tasks", [])
+                       if t.get("lastStatus") == "STOPPED" and t.get("group") == f"service:{service}")
+        missing.update(task_id(f.get("arn", "")) for f in response.get("failures", []) if f.get("reason") == "MISSING")
+    return GoneTasks(frozenset(stopped), frozenset(missing))
 
 
 def read_protection(ecs: EcsTaskClient, cluster: str, task_ids: Iterable[str]) -> dict[str, datetime]:

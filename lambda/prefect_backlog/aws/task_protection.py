@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from prefect_backlog.aws.ecs import (
@@ -23,13 +23,14 @@ from prefect_backlog.aws.ecs import (
     CountingEcs,
     EcsTaskClient,
     ServiceKey,
+    GoneTasks,
     gone_tasks,
     list_service_tasks,
     read_protection,
     update_protection,
 )
 from prefect_backlog.backlog import RunFacts
-from prefect_backlog.protection import Holding, ServiceTasks, plan_protection, suspects
+from prefect_backlog.protection import Holding, ProtectionPlan, ServiceTasks, plan_hold, plan_protection, suspects
 
 # Protection lasts this many minutes past the next sample, and is refreshed once less than the margin
 # is left after the next sample: a publisher that stops leaves tasks protected a few minutes at most.
@@ -70,18 +71,21 @@ class ServiceProtection:
     errors: tuple[str, ...] = ()
     calls: int = 0
     unmapped: int = 0  # in-flight runs whose worker name holds no task ID (counted as demand, never protected)
+    held: bool = False  # its runs were not read: protection was only kept (see :func:`hold`)
 
     @property
     def orphans_known(self) -> bool:
-        """The orphan count is true: the service's tasks were read (or no run names a task). False when a read
-        failed: orphans are then unknown, and nothing is published for them."""
-        return self.protected is not None
+        """The orphan count is true: the service's runs and tasks were read (or no run names a task). False
+        when a read failed: orphans are then unknown, and nothing is published for them."""
+        return self.protected is not None and not self.held
 
 
 def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger: ProtectionLedger, *,
-              now: datetime, sample_interval_seconds: int, apply: bool = True) -> ServiceProtection:
+              now: datetime, sample_interval_seconds: int, online_workers: frozenset[str] | None = None,
+              apply: bool = True) -> ServiceProtection:
     """Protect the service's tasks that hold runs, release the others it had protected, and find orphans.
 
+    ``online_workers``: the names of the ONLINE workers of the service's pools, None when unknown.
     ``apply=False`` (a dry run) reads ECS and says what it would do, changing nothing.
     """
     cluster, name = service
@@ -97,17 +101,52 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
         else:
             protected = {t: until for t, until in known.items() if t in live}
         asked = suspects(holding, live)
-        gone = gone_tasks(counted, cluster, asked) if asked else frozenset()
+        gone = gone_tasks(counted, cluster, name, asked) if asked else GoneTasks()
     except Exception as exc:  # botocore's errors share no useful base beyond this
         return ServiceProtection(errors=(f"reading the tasks of ECS service {cluster}/{name}: {exc}",),
                                  calls=counted.calls)
 
-    refresh_before = now + timedelta(seconds=sample_interval_seconds) + REFRESH_MARGIN
-    plan = plan_protection(holding, ServiceTasks(live, protected, gone), refresh_before=refresh_before)
+    plan = plan_protection(holding, ServiceTasks(live, protected, gone.stopped, gone.missing, online_workers),
+                           refresh_before=_refresh_before(now, sample_interval_seconds))
+    return _apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply)
+
+
+def hold(ecs: EcsTaskClient, service: ServiceKey, ledger: ProtectionLedger, *, now: datetime,
+         sample_interval_seconds: int, apply: bool = True) -> ServiceProtection:
+    """Keep the service's protected tasks protected while its runs cannot be read (a Prefect outage, its
+    queues unread): refresh what would expire before the next sample, release nothing, name no orphan.
+
+    Protection then lasts as long as the publisher runs; if it stops too, it lapses within
+    :func:`protection_minutes` of the last refresh. The tasks it keeps are those the ledger knows
+    protected, or on a cold container those GetTaskProtection reports protected.
+    """
+    cluster, name = service
+    known = ledger.known(service)
+    if known is not None and not known:
+        return ServiceProtection(protected=0, held=True)  # nothing protected: nothing to keep
+    counted = CountingEcs(ecs)
+    try:
+        live = list_service_tasks(counted, cluster, name)
+        protected = read_protection(counted, cluster, live) if known is None else {
+            t: until for t, until in known.items() if t in live}
+    except Exception as exc:  # botocore's errors share no useful base beyond this
+        return ServiceProtection(errors=(f"reading the tasks of ECS service {cluster}/{name}: {exc}",),
+                                 calls=counted.calls, held=True)
+    plan = plan_hold(ServiceTasks(live, protected), refresh_before=_refresh_before(now, sample_interval_seconds))
+    return replace(_apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply), held=True)
+
+
+def _refresh_before(now: datetime, sample_interval_seconds: int) -> datetime:
+    return now + timedelta(seconds=sample_interval_seconds) + REFRESH_MARGIN
+
+
+def _apply(counted: CountingEcs, service: ServiceKey, ledger: ProtectionLedger, plan: ProtectionPlan,
+           protected: dict[str, datetime], sample_interval_seconds: int, apply: bool) -> ServiceProtection:
+    """Carry out ``plan`` (or, ``apply`` False, only say what it would do) and record what is protected after."""
     if not apply:
         return ServiceProtection(orphaned=plan.orphaned, protected=len(plan.protected_after), protect=plan.protect,
                                  release=plan.release, calls=counted.calls)
-    update = update_protection(counted, cluster, protect=plan.protect, release=plan.release,
+    update = update_protection(counted, service[0], protect=plan.protect, release=plan.release,
                                minutes=protection_minutes(sample_interval_seconds))
     after = {t: until for t, until in protected.items() if t not in update.released} | update.protected
     ledger.record(service, after)

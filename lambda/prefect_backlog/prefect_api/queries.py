@@ -52,6 +52,7 @@ class ResolvedQueue:
 class PoolWorkers:
     online: int
     newest_heartbeat: datetime | None
+    online_names: frozenset[str] = frozenset()  # the names of the ONLINE ones (a live worker is not an orphan)
 
 
 def resolve_queues(http: PrefectHttp, queues: Sequence[QueueConfig]) -> dict[int, ResolvedQueue | PrefectError]:
@@ -104,14 +105,14 @@ def _pool_name(queue: dict[str, Any], pools: dict[str, dict[str, Any]]) -> str:
 
 
 def read_workers(http: PrefectHttp, fanout: Fanout, pools: Iterable[str]) -> dict[str, PoolWorkers | PrefectError]:
-    """Per pool: how many workers are ONLINE and when the newest one last heartbeat (one call per pool)."""
+    """Per pool: which workers are ONLINE and when the newest one last heartbeat (one call per pool)."""
     names = sorted(set(pools))
 
     def read(pool: str) -> PoolWorkers:
         workers = http.paged(f"/work_pools/{quote(pool, safe='')}/workers/filter", {})
         beats = [t for w in workers if (t := parse_time(w.get("last_heartbeat_time"))) is not None]
-        return PoolWorkers(online=sum(1 for w in workers if w.get("status") == "ONLINE"),
-                           newest_heartbeat=max(beats, default=None))
+        online = frozenset(str(w.get("name")) for w in workers if w.get("status") == "ONLINE")
+        return PoolWorkers(online=len(online), newest_heartbeat=max(beats, default=None), online_names=online)
 
     return dict(zip(names, fanout.map(settled(read), names), strict=True))
 
