@@ -37,6 +37,8 @@ class FakeEcs:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     tasks: dict[str, FakeTask] = field(default_factory=dict)
     desired: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Services with Availability Zone rebalancing ENABLED (AWS's default since 2025-06-30; off here unless asked)
+    rebalancing: set[tuple[str, str]] = field(default_factory=set)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # operation name -> exception to raise (once, or always when ``fail_always``)
     failures: dict[str, Exception] = field(default_factory=dict)
@@ -85,7 +87,9 @@ class FakeEcs:
         self._call("DescribeServices", {"cluster": cluster, "services": services})
         assert len(services) <= 10
         return {"services": [{"serviceName": s, "status": "ACTIVE", "desiredCount": self.desired[(cluster, s)],
-                              "runningCount": len(self._live(cluster, s))}
+                              "runningCount": len(self._live(cluster, s)),
+                              "availabilityZoneRebalancing": "ENABLED" if (cluster, s) in self.rebalancing
+                              else "DISABLED"}
                              for s in services if (cluster, s) in self.desired], "failures": []}
 
     def list_tasks(self, *, cluster: str, serviceName: str, desiredStatus: str = "RUNNING",

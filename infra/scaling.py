@@ -22,9 +22,9 @@ from typing import Any
 import jsii
 from aws_cdk import Aws, Duration, Token
 from aws_cdk import aws_applicationautoscaling as appscaling
-from aws_cdk.aws_cloudwatch import CfnAlarm
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
+from aws_cdk.aws_cloudwatch import CfnAlarm
 from constructs import Construct, IConstruct, IValidation
 
 from prefect_backlog import metrics
@@ -206,7 +206,7 @@ class WorkerServiceScaling(Construct):
         assert step_alarm is not None
         cfn_step_alarm = step_alarm.node.default_child
         assert isinstance(cfn_step_alarm, CfnAlarm)
-        cfn_step_alarm.treat_missing_data = "notBreaching"  # CloudFormation spelling (the jsii enum value is NOT_BREACHING)
+        cfn_step_alarm.treat_missing_data = "notBreaching"  # CloudFormation's spelling, not the jsii enum's
 
 
 def _literal_name(name: str, resource: IConstruct, prop: str) -> str:

@@ -34,8 +34,8 @@ class RunFacts:
     state_name: str
     scheduled_at: datetime | None  # next_scheduled_start_time, else expected_start_time
     state_since: datetime | None = None  # when the run entered its current state
-    worker_name: str | None = None  # the label prefect.worker.name that a 3.1.2+ worker stamps on runs it submits
-    labelled: bool = True  # False: the API has no labels at all (Prefect 2.x)
+    worker_name: str | None = None  # label prefect.worker.name: 3.1.9+ workers stamp it (3.1.6+ server)
+    labelled: bool = True  # False: the API has no labels at all (Prefect 2.x, or a 3.x server before 3.1.6)
 
     @property
     def in_flight(self) -> bool:

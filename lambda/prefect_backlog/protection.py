@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from prefect_backlog.backlog import RunFacts
+from prefect_backlog.backlog import RunFacts, is_stuck_pending
 
 # A worker named after its task: "ecs-" and the task ID (the last path segment of the task ARN, 32
 # lowercase hex characters), and nothing else. A name that merely contains 32 hex digits (a uuid4().hex,
@@ -134,6 +134,27 @@ def plan_protection(holding: Holding, tasks: ServiceTasks, *, refresh_before: da
     return ProtectionPlan(tuple(protect), tuple(release), orphaned, protected_after)
 
 
+# Worker labels on flow runs: a self-hosted server stores them since 3.1.6 (PrefectHQ/prefect#16122), and
+# workers stamp them against any server since 3.1.9 (#16426); Prefect Cloud had them from 3.1.2 (#15983).
+LABELS_SERVER = (3, 1, 6)
+LABELS_WORKER = "3.1.9"
+
+
+def why_unlabelled(server_version: str | None) -> str:
+    """Why a server's flow runs carry no labels at all, for the log line that says protection cannot work."""
+    parts = re.match(r"(\d+)\.(\d+)\.(\d+)", server_version or "")
+    if parts is None:
+        return ("the server's flow runs have no labels (Prefect 2.x, or a 3.x server older than 3.1.6; its version "
+                "could not be read)")
+    version = tuple(int(p) for p in parts.groups())
+    if version[0] < 3:
+        return f"Prefect {server_version} has no flow-run labels: 2.x agents and workers label nothing"
+    if version < LABELS_SERVER:
+        return (f"Prefect server {server_version} is older than 3.1.6 and stores no flow-run labels; upgrade the "
+                f"server to 3.1.6+ and the workers to {LABELS_WORKER}+")
+    return f"Prefect {server_version} answered without flow-run labels"
+
+
 def _worker_gone(run: RunFacts, tasks: ServiceTasks) -> bool:
     return tasks.online_workers is not None and run.worker_name not in tasks.online_workers
 
@@ -148,6 +169,20 @@ def plan_hold(tasks: ServiceTasks, *, refresh_before: datetime) -> ProtectionPla
     kept = frozenset(tasks.protected) & tasks.live
     protect = sorted(t for t in kept if tasks.protected[t] < refresh_before)
     return ProtectionPlan(tuple(protect), (), (), kept)
+
+
+def still_orphaned(current: RunFacts, seen: RunFacts, runs_in_worker_task: bool, now: datetime,
+                   stuck_after_seconds: float) -> bool:
+    """Whether a run found orphaned, read again just before it is crashed, is still held by its dead task.
+
+    It must be under the same worker and hold its task by :func:`holds_task`'s rule. A worker that launches
+    each run as its own task holds it only while Pending, and a Pending run whose worker died right after
+    submitting may still start and turn Running in its own task: it is crashed only once it has been Pending
+    longer than a worker needs (``stuck_after_seconds``), never once Running.
+    """
+    if current.worker_name != seen.worker_name or not holds_task(current, runs_in_worker_task):
+        return False
+    return runs_in_worker_task or is_stuck_pending(current, now, stuck_after_seconds)
 
 
 def orphaned_in_a_row(previous: Iterable[str], now_orphaned: Iterable[RunFacts]) -> tuple[RunFacts, ...]:

@@ -14,6 +14,7 @@ from datetime import datetime
 from prefect_backlog.backlog import RunFacts
 from prefect_backlog.config import Config, QueueConfig
 from prefect_backlog.prefect_api import PrefectClient, PrefectError
+from prefect_backlog.protection import still_orphaned
 
 log = logging.getLogger("prefect_backlog")
 
@@ -39,14 +40,21 @@ def reschedule_stuck_runs(config: Config, client: PrefectClient, stuck: Sequence
     return rescheduled
 
 
-def crash_orphaned_runs(config: Config, client: PrefectClient, orphaned: Sequence[tuple[QueueConfig, RunFacts]]) -> int:
-    """Runs found orphaned in two samples in a row to Crashed, at most ``max_crashes_per_run``."""
+def crash_orphaned_runs(config: Config, client: PrefectClient, orphaned: Sequence[tuple[QueueConfig, RunFacts]],
+                        now: datetime) -> int:
+    """Runs found orphaned in two samples in a row to Crashed, at most ``max_crashes_per_run``; each one only if,
+    read again just before, it is still held by its dead task (:func:`still_orphaned`)."""
     crashed = 0
     for queue, run in orphaned[:config.max_crashes_per_run]:
         cause = (f"Crashed by the ECS autoscaler of {config.stack_name}: the ECS task of worker "
                  f"{run.worker_name!r} has stopped, so this run's process is gone")
+        in_task = bool(queue.runs_in_worker_task)
+
+        def still(current: RunFacts, seen: RunFacts = run, in_task: bool = in_task) -> bool:
+            return still_orphaned(current, seen, in_task, now, config.stuck_pending_seconds)
+
         try:
-            accepted = client.crash_if_orphaned(run, cause)
+            accepted = client.crash_if_orphaned(run.id, still, cause)
         except PrefectError as exc:
             log.warning(f"could not crash orphaned run {run.id} of {queue.label}: {exc}", extra={
                 "queue": queue.label, "flow_run_id": run.id, "cause": str(exc)})

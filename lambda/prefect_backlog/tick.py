@@ -18,13 +18,13 @@ from datetime import datetime
 from typing import Literal, NamedTuple, TypeVar
 
 from prefect_backlog.aws.cloudwatch import CloudWatchClient, put_metric_data
-from prefect_backlog.aws.ecs import EcsTaskClient, describe_services
+from prefect_backlog.aws.ecs import EcsReadError, EcsTaskClient, TaskCounts, describe_services
 from prefect_backlog.aws.task_protection import ProtectionLedger, ServiceProtection, hold, reconcile
 from prefect_backlog.backlog import QueueCounts, RunFacts, limit_reached
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
-from prefect_backlog.protection import Holding, holding_runs, orphaned_in_a_row
+from prefect_backlog.protection import LABELS_WORKER, Holding, holding_runs, orphaned_in_a_row, why_unlabelled
 from prefect_backlog.remediation import crash_orphaned_runs, reschedule_stuck_runs
 from prefect_backlog.report import QueueResult, TickReport, compute_services, metric_data
 
@@ -47,7 +47,8 @@ class WarmState:
     depth: DepthMemory = field(default_factory=DepthMemory)
     protection: ProtectionLedger = field(default_factory=ProtectionLedger)
     orphaned: set[str] = field(default_factory=set)  # ids of the runs found orphaned in the last sample
-    unlabelled_noted: bool = False  # told once per container that Prefect 2.x runs carry no worker
+    unlabelled_noted: bool = False  # told once per container that the server's runs carry no labels
+    rebalancing_noted: set[tuple[str, str]] = field(default_factory=set)  # services told of AZ rebalancing
 
 
 class PrefectReads(NamedTuple):
@@ -142,9 +143,9 @@ class ProtectionStep:
     orphaned: list[tuple[QueueConfig, RunFacts]] = field(default_factory=list)
 
 
-def protect_tasks(config: Config, queues: Sequence[QueueResult], pools: Mapping[str, PoolWorkers | PrefectError],
-                  ecs: EcsTaskClient, fanout: Fanout, warm: WarmState, now: datetime,
-                  mode: ProtectionMode) -> ProtectionStep:
+def protect_tasks(config: Config, client: PrefectClient, queues: Sequence[QueueResult],
+                  pools: Mapping[str, PoolWorkers | PrefectError], ecs: EcsTaskClient, fanout: Fanout,
+                  warm: WarmState, now: datetime, mode: ProtectionMode) -> ProtectionStep:
     """Protect every task whose worker holds a run, release the others, and find the orphaned runs.
 
     A service whose runs are unknown (any of its queues unread, Prefect down)
@@ -167,7 +168,7 @@ def protect_tasks(config: Config, queues: Sequence[QueueResult], pools: Mapping[
             continue
         holding = holding_runs(known, now)
         if holding.unlabelled:
-            _note_unlabelled(warm, service)
+            _note_unlabelled(warm, service, client)
             continue
         holdings[service.key] = holding
         _log_unmapped(service, holding, by_index)
@@ -217,11 +218,18 @@ def _online_workers(service: ServiceConfig, by_index: Mapping[int, QueueResult],
     return frozenset(names)
 
 
-def _note_unlabelled(warm: WarmState, service: ServiceConfig) -> None:
-    if not warm.unlabelled_noted:
-        warm.unlabelled_noted = True
-        log.info(f"ECS service {service.path}: its flow runs carry no worker labels (Prefect 2.x agents), so no "
-                 "task can be protected from scale-in; scaling still counts their runs as demand")
+def _note_unlabelled(warm: WarmState, service: ServiceConfig, client: PrefectClient) -> None:
+    """Say once per container why no task can be protected, naming the server's version (one extra request)."""
+    if warm.unlabelled_noted:
+        return
+    warm.unlabelled_noted = True
+    try:
+        version: str | None = client.server_version()
+    except PrefectError:
+        version = None
+    log.info(f"ECS service {service.path}: its flow runs carry no worker labels, so no task can be protected from "
+             f"scale-in; scaling still counts their runs as demand. {why_unlabelled(version)}",
+             extra={"ecs_service": service.path, "prefect_version": version})
 
 
 def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[int, QueueResult]) -> None:
@@ -231,11 +239,12 @@ def _log_unmapped(service: ServiceConfig, holding: Holding, by_index: Mapping[in
     queues = ", ".join(q.config.path for i in service.queue_indexes
                        if (q := by_index[i]).resolved is not None and q.resolved.id in queue_ids)
     example = next((r.worker_name for r in holding.unmapped if r.worker_name), None)
-    named = f"e.g. {example!r}" if example else "no prefect.worker.name label: not submitted by a 3.1.2+ worker"
+    named = (f"e.g. {example!r}" if example else
+             f"no prefect.worker.name label: not submitted by a {LABELS_WORKER}+ worker")
     log.warning(
         f"ECS service {service.path}: {len(holding.unmapped)} in-flight run(s) of {queues} come from workers whose "
         f"name holds no ECS task ID ({named}), so their tasks cannot be protected from scale-in; start "
-        "each worker with its task ID in its name: prefect worker start ... --name \"ecs-<the last part of TaskARN "
+        "each worker named exactly ecs-<task id>: prefect worker start ... --name \"ecs-<the last part of TaskARN "
         "from $ECS_CONTAINER_METADATA_URI_V4/task>\" (README: Name your workers after their task)",
         extra={"ecs_service": service.path, "unmapped": len(holding.unmapped), "queues": queues})
 
@@ -272,9 +281,10 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         ecs_read = fanout.submit(lambda: describe_services(ecs, [s.key for s in config.services]))
         queues, pools, whole_failure = read_prefect(config, client, now, fanout)
         # Even when Prefect could not be read at all: protection must outlast the outage.
-        step = protect_tasks(config, queues, pools, ecs, fanout, warm, now, protection)
+        step = protect_tasks(config, client, queues, pools, ecs, fanout, warm, now, protection)
         queues = _with_orphans(queues, config, step)
         task_counts = ecs_read.result()
+        _note_rebalancing(config, task_counts, warm)
         report = TickReport(now=now, queues=queues, pools=pools, whole_failure=whole_failure,
                             services=compute_services(config, queues, task_counts, step.services))
         _log_unread(report)
@@ -284,7 +294,8 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         orphaned_twice = orphaned_in_a_row(warm.orphaned, [run for _, run in step.orphaned])
         if writes and config.crash_orphaned_runs and orphaned_twice:
             twice = {run.id for run in orphaned_twice}
-            report.crashed = crash_orphaned_runs(config, client, [(q, r) for q, r in step.orphaned if r.id in twice])
+            report.crashed = crash_orphaned_runs(config, client, [(q, r) for q, r in step.orphaned if r.id in twice],
+                                                 now)
         warm.orphaned = {run.id for _, run in step.orphaned}
         report.prefect_requests = client.requests_sent
         report.duration_ms = (time.monotonic() - started) * 1000
@@ -293,6 +304,23 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
                 cloudwatch, config.namespace, metric_data(report, config.stack_name), now,
                 storage_resolution=config.storage_resolution, fanout=fanout)
     return report
+
+
+def _note_rebalancing(config: Config, task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError],
+                      warm: WarmState) -> None:
+    """Once per container and service: a protected service with Availability Zone rebalancing on. ECS's guide
+    does not say that rebalancing skips protected tasks, so it may stop a busy one (README: Scale-in never
+    stops a busy task)."""
+    for service in config.services:
+        counts = task_counts.get(service.key)
+        if (service.task_protection and isinstance(counts, TaskCounts) and counts.az_rebalancing
+                and service.key not in warm.rebalancing_noted):
+            warm.rebalancing_noted.add(service.key)
+            log.warning(f"ECS service {service.path} has Availability Zone rebalancing ENABLED: ECS may stop its "
+                        "tasks to rebalance zones, and AWS does not document that it skips protected tasks; "
+                        f"turn it off for a worker service: aws ecs update-service --cluster {service.cluster} "
+                        f"--service {service.service} --availability-zone-rebalancing DISABLED",
+                        extra={"ecs_service": service.path})
 
 
 def _log_unread(report: TickReport) -> None:

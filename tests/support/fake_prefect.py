@@ -32,6 +32,7 @@ class FakePrefect:
     workers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # pool -> workers
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)  # the Authorization header of each call
+    version: str = "3.8.8"  # what GET /admin/version answers
     # The URL of the request being served, per thread: the client sends requests from several threads.
     _serving: threading.local = field(default_factory=threading.local, repr=False)
     # path -> function(body) returning (status, headers, body) to inject faults; None falls through
@@ -90,6 +91,8 @@ class FakePrefect:
         set_state = re.compile(re.escape(API) + r"/flow_runs/([0-9a-f-]{36})/set_state")
         mock.add_callback(responses.POST, set_state, callback=self._serve("/flow_runs/{id}/set_state",
                                                                           self._set_state))
+        mock.add_callback(responses.GET, API + "/admin/version",
+                          callback=self._serve("GET /admin/version", lambda _: self.version))
         workers = re.compile(re.escape(API) + r"/work_pools/([^/]+)/workers/filter")
         mock.add_callback(responses.POST, workers, callback=self._serve("/work_pools/{pool}/workers/filter",
                                                                         self._workers))

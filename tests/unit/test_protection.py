@@ -15,6 +15,7 @@ from prefect_backlog.protection import (
     orphaned_in_a_row,
     plan_hold,
     plan_protection,
+    still_orphaned,
     suspects,
     task_id_of,
 )
@@ -123,8 +124,10 @@ def test_a_task_ecs_does_not_know_orphans_its_runs_only_when_its_worker_is_gone(
 def test_a_stopped_task_orphans_its_runs_even_if_a_worker_of_that_name_is_online() -> None:
     """STOPPED in this service is ECS's own word: a worker of the same name elsewhere does not revive it."""
     stopped_run = run("RUNNING", f"ecs-{A}")
-    tasks = ServiceTasks(live=frozenset(), protected={}, stopped=frozenset({A}), online_workers=frozenset({f"ecs-{A}"}))
-    assert plan_protection(Holding({A: (stopped_run,)}, (), False), tasks, refresh_before=NOW).orphaned == (stopped_run,)
+    tasks = ServiceTasks(live=frozenset(), protected={}, stopped=frozenset({A}),
+                         online_workers=frozenset({f"ecs-{A}"}))
+    plan = plan_protection(Holding({A: (stopped_run,)}, (), False), tasks, refresh_before=NOW)
+    assert plan.orphaned == (stopped_run,)
 
 
 def test_a_look_alike_worker_name_is_demand_not_an_orphan() -> None:
@@ -150,3 +153,20 @@ def test_only_runs_orphaned_twice_in_a_row_may_be_crashed() -> None:
     first, second = run("RUNNING", f"ecs-{A}", run_id="1"), run("RUNNING", f"ecs-{A}", run_id="2")
     assert orphaned_in_a_row(set(), [first, second]) == ()
     assert orphaned_in_a_row({"1"}, [first, second]) == (first,)
+
+
+@pytest.mark.parametrize(("state_type", "in_task", "pending_seconds", "worker", "still"), [
+    ("RUNNING", True, 0, f"ecs-{A}", True),  # its process lived in the dead task
+    ("PAUSED", True, 0, f"ecs-{A}", True),
+    ("COMPLETED", True, 0, f"ecs-{A}", False),  # finished after all
+    ("RUNNING", True, 0, f"ecs-{B}", False),  # another worker picked it up
+    ("RUNNING", False, 900, f"ecs-{A}", False),  # started in its own task: healthy
+    ("PENDING", False, 900, f"ecs-{A}", True),  # Pending exactly stuckPendingSeconds: stuck
+    ("PENDING", False, 899, f"ecs-{A}", False),  # a second less: it may still start
+    ("PENDING", True, 0, f"ecs-{A}", True),  # a Process worker's Pending run dies with its task
+])
+def test_a_run_is_still_orphaned_only_while_its_dead_task_holds_it(
+        state_type: str, in_task: bool, pending_seconds: float, worker: str, still: bool) -> None:
+    seen = run("PENDING" if not in_task else "RUNNING", f"ecs-{A}")
+    current = run(state_type, worker, since_seconds=pending_seconds)
+    assert still_orphaned(current, seen, in_task, NOW, stuck_after_seconds=900) is still

@@ -111,6 +111,33 @@ def test_an_orphan_is_crashed_only_after_two_samples_in_a_row(prefect: FakePrefe
     assert tick(config, ecs, aws, warm).crashed == 1 and prefect.run(orphan)["state_type"] == "CRASHED"
 
 
+@pytest.mark.parametrize(("pending_minutes", "turns_running", "crashed"), [
+    (20, False, 1),  # Pending for longer than stuckPendingSeconds under a stopped worker: stuck, crashed
+    (20, True, 0),   # started in its own task between the sample and the re-read: healthy, left alone
+    (1, False, 0),   # Pending for less than stuckPendingSeconds: it may still start in its own task
+])
+def test_a_submit_only_orphan_is_crashed_only_while_still_stuck_pending(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], pending_minutes: float, turns_running: bool,
+        crashed: int) -> None:
+    dead = ecs.start_task("prefect", "ecs-worker")
+    ecs.stop_task(dead)
+    (run,) = prefect.add_runs("pool-a", "default", 1, "PENDING", worker=f"ecs-{dead}",
+                              in_state_for_minutes=pending_minutes)
+    config = parse_config({**PUBLISHER_CONTEXT, "crashOrphanedRuns": True})
+    warm = WarmState()
+    tick(config, ecs, aws, warm)  # seen orphaned once
+
+    def starts_in_its_own_task(_: dict[str, Any]) -> None:
+        if turns_running:
+            prefect.run(run).update(state_type="RUNNING", state_name="Running",
+                                    state={"type": "RUNNING", "name": "Running", "timestamp": NOW.isoformat()})
+
+    prefect.faults["GET /flow_runs/{id}"] = starts_in_its_own_task
+    report = tick(config, ecs, aws, warm)
+    assert report.crashed == crashed
+    assert prefect.run(run)["state_type"] == ("CRASHED" if crashed else "RUNNING" if turns_running else "PENDING")
+
+
 def test_a_live_worker_whose_name_only_looks_like_a_task_is_not_orphaned(
         prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
     """A worker named with a uuid4().hex, alive and heartbeating: its runs stay demand, nothing is crashed."""
@@ -151,6 +178,51 @@ def test_a_task_stopped_in_another_service_orphans_nothing_here(
     tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
     assert published(aws["cloudwatch"], "OrphanedFlowRuns", **GPU) == 0
     assert published(aws["cloudwatch"], "DemandFlowRuns", **PROCESS) == 1
+
+
+@pytest.mark.parametrize(("version", "says"), [
+    ("2.18.3", "Prefect 2.18.3 has no flow-run labels: 2.x agents and workers label nothing"),
+    ("3.1.5", "Prefect server 3.1.5 is older than 3.1.6 and stores no flow-run labels; upgrade the server to "
+              "3.1.6+ and the workers to 3.1.9+"),
+    ("3.1.6", "Prefect 3.1.6 answered without flow-run labels"),
+])
+def test_runs_without_any_labels_are_explained_once_by_the_servers_version(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], caplog: pytest.LogCaptureFixture, version: str,
+        says: str) -> None:
+    ecs.service("prefect", "process-worker", tasks=1)
+    prefect.version = version
+    prefect.add_runs("pool-b", "gpu", 1, "RUNNING")  # no labels at all
+    warm = WarmState()
+    caplog.set_level(logging.INFO, logger="prefect_backlog")
+    logging.getLogger("prefect_backlog").addHandler(caplog.handler)
+    try:
+        for _ in range(2):
+            tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, warm)
+    finally:
+        logging.getLogger("prefect_backlog").removeHandler(caplog.handler)
+    assert caplog.text.count(says) == 1  # once per container
+    assert prefect.requests_to("GET /admin/version") == 1
+    assert published(aws["cloudwatch"], "DemandFlowRuns", **PROCESS) == 1
+
+
+def test_az_rebalancing_on_a_protected_service_is_logged_once_per_container(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    ecs.service("prefect", "process-worker", tasks=1)
+    ecs.rebalancing |= {("prefect", "process-worker"), ("prefect", "ecs-worker")}
+    queues = [dict(q) for q in PUBLISHER_CONTEXT["queues"]]
+    for q in queues[:2]:
+        q["taskProtection"] = False  # ecs-worker is not protected: rebalancing cannot undo what is not done
+    config = parse_config({**PUBLISHER_CONTEXT, "queues": queues})
+    warm = WarmState()
+    logging.getLogger("prefect_backlog").addHandler(caplog.handler)
+    try:
+        for _ in range(2):
+            tick(config, ecs, aws, warm)
+    finally:
+        logging.getLogger("prefect_backlog").removeHandler(caplog.handler)
+    assert caplog.text.count("has Availability Zone rebalancing ENABLED") == 1
+    assert "ECS service prefect/process-worker has Availability Zone rebalancing ENABLED" in caplog.text
+    assert "--availability-zone-rebalancing DISABLED" in caplog.text
 
 
 def test_runs_whose_worker_names_no_task_are_counted_and_the_fix_is_logged(
@@ -224,7 +296,8 @@ def test_protection_outlasts_a_prefect_outage(prefect: FakePrefect, aws: dict[st
         clock[0] = NOW + timedelta(minutes=minute)
         report = sample()
         assert report.whole_failure is not None
-        assert ecs.protected("prefect", "process-worker") == {busy}, minute
+        assert ecs.protected("prefect", "process-worker") == {busy}, minute  # and idle stays unprotected
+    assert idle not in ecs.protected("prefect", "process-worker")
     assert not [a for op, a in ecs.calls if op == "UpdateTaskProtection" and not a["protectionEnabled"]]
 
 
@@ -240,6 +313,7 @@ def test_a_cold_container_in_an_outage_keeps_what_ecs_reports_protected(
     assert ecs.count("GetTaskProtection") == 2
     assert ecs.protected("prefect", "process-worker") == {protected}
     assert ecs.tasks[protected].protected_until == NOW + timedelta(minutes=5)
+    assert ecs.tasks[unprotected].protected_until is None  # nothing newly protected: its runs are unknown
 
 
 def test_protection_can_be_switched_off_per_service(prefect: FakePrefect, ecs: FakeEcs,

@@ -73,6 +73,9 @@ class CountingEcs:
 class TaskCounts:
     running: int
     desired: int
+    # DescribeServices' availabilityZoneRebalancing is "ENABLED" (the default for services created since
+    # 2025-06-30): ECS then stops tasks to rebalance zones, and its guide does not say it skips protected ones.
+    az_rebalancing: bool = False
 
 
 class EcsReadError(Exception):
@@ -98,7 +101,8 @@ def describe_services(ecs: EcsClient, services: Iterable[ServiceKey]) -> dict[Se
                 if described.get("status") != "ACTIVE":
                     continue
                 results[(cluster, described["serviceName"])] = TaskCounts(
-                    running=int(described["runningCount"]), desired=int(described["desiredCount"]))
+                    running=int(described["runningCount"]), desired=int(described["desiredCount"]),
+                    az_rebalancing=described.get("availabilityZoneRebalancing") == "ENABLED")
             for name in chunk:
                 results.setdefault((cluster, name), EcsReadError(
                     f"DescribeServices {cluster}/{name}: no ACTIVE service by that name"))

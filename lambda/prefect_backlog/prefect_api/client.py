@@ -70,8 +70,11 @@ class PrefectClient:
         with self._fanout(fanout) as pool:
             return queries.pool_active_runs(self.http, pool, pools)
 
+    def server_version(self) -> str:
+        return queries.server_version(self.http)
+
     def reschedule_if_stuck(self, run_id: str, now: datetime, stuck_after_seconds: float) -> bool:
         return queries.reschedule_if_stuck(self.http, run_id, now, stuck_after_seconds)
 
-    def crash_if_orphaned(self, run: RunFacts, cause: str) -> bool:
-        return queries.crash_if_orphaned(self.http, run, cause)
+    def crash_if_orphaned(self, run_id: str, still: Callable[[RunFacts], bool], cause: str) -> bool:
+        return queries.crash_if_orphaned(self.http, run_id, still, cause)

@@ -117,6 +117,11 @@ def read_workers(http: PrefectHttp, fanout: Fanout, pools: Iterable[str]) -> dic
     return dict(zip(names, fanout.map(settled(read), names), strict=True))
 
 
+def server_version(http: PrefectHttp) -> str:
+    """The server's Prefect version (``GET /admin/version``), e.g. "2.18.3"."""
+    return str(http.request("GET", "/admin/version"))
+
+
 def reschedule_if_stuck(http: PrefectHttp, run_id: str, now: datetime, stuck_after_seconds: float) -> bool:
     """Set a stuck Pending run back to Scheduled so a healthy worker claims it; True when Prefect accepted.
 
@@ -127,14 +132,14 @@ def reschedule_if_stuck(http: PrefectHttp, run_id: str, now: datetime, stuck_aft
                          {"type": "SCHEDULED", "name": "Scheduled"})
 
 
-def crash_if_orphaned(http: PrefectHttp, run: RunFacts, cause: str) -> bool:
+def crash_if_orphaned(http: PrefectHttp, run_id: str, still: Callable[[RunFacts], bool], cause: str) -> bool:
     """Set an orphaned run to Crashed so retries, automations and concurrency slots move on; True when accepted.
 
-    The run is read again first, and left alone unless it is still in flight under the same worker: a run
-    that finished, or that another worker picked up since (a resumed run gets a new submission), is not ours.
+    The run is read again first and left alone unless ``still(run)`` (the caller's rule: still held by its
+    dead task). A run that finished, started in its own task, or that another worker picked up since (a
+    resumed run gets a new submission) is not ours.
     """
-    return _set_state_if(http, run.id, lambda current: current.in_flight and current.worker_name == run.worker_name,
-                         {"type": "CRASHED", "name": "Crashed", "message": cause})
+    return _set_state_if(http, run_id, still, {"type": "CRASHED", "name": "Crashed", "message": cause})
 
 
 def _set_state_if(http: PrefectHttp, run_id: str, still: Callable[[RunFacts], bool], state: dict[str, Any]) -> bool:

@@ -40,7 +40,7 @@ PAGE_COST_IN_COUNTS = 12
 # Count mode reads the oldest Late run of all a pool's queues in one list of this many runs per queue
 # (runs of different queues interleave in time, so most queues show up in it).
 SHARED_LIST_RUNS_PER_QUEUE = 4
-WORKER_LABEL = "prefect.worker.name"  # stamped by Prefect 3.1.2+ workers on every run they submit
+WORKER_LABEL = "prefect.worker.name"  # stamped by 3.1.9+ workers on every run they submit (3.1.6+ server)
 
 
 def run_facts(run: dict[str, Any]) -> RunFacts:
