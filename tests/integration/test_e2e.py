@@ -27,7 +27,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +39,19 @@ import pytest
 from packaging.requirements import Requirement
 
 from harness.backlog import DEFAULT_AGENT_POOL, BacklogClient
+from harness.ecs_api import EcsApi
+from harness.fake_ecs import FakeEcs
+from harness.fault_proxy import FaultProxy, Respond, Rule, any_request
 from harness.prefect_server import PrefectServer, free_port
+from harness.process_worker import (
+    ProcessWorker,
+    create_local_deployment,
+    ecs_worker_name,
+    fake_task_id,
+    scheduled_now,
+    wait_for_state,
+    write_flows,
+)
 from infra.assembly import read
 from infra.packaging import build_package
 from infra.stack import PrefectAutoscalerStack
@@ -179,7 +191,10 @@ RUN_HANDLER = textwrap.dedent("""
 """)
 
 
-def invoke(synth: Synthesized, layer: Path, runtime: Path, endpoint: str) -> tuple[dict[str, Any], str]:
+def invoke(synth: Synthesized, layer: Path, runtime: Path, endpoint: str, *, ecs_endpoint: str | None = None,
+           succeeds: bool = True) -> tuple[dict[str, Any], str]:
+    """Run the packaged handler as Lambda would; ``ecs_endpoint`` sends ECS calls there instead of moto
+    (moto serves none of the task-level ones). ``succeeds`` False: the invocation must fail (Prefect down)."""
     env = {
         **synth.environment,
         **FAKE_CREDENTIALS,
@@ -190,12 +205,16 @@ def invoke(synth: Synthesized, layer: Path, runtime: Path, endpoint: str) -> tup
         "PYTHONPATH": os.pathsep.join(str(p) for p in (synth.asset_dir, layer, runtime)),
         "PATH": "/usr/bin:/bin",
         "NO_PROXY": "127.0.0.1,localhost",
+        **({"AWS_ENDPOINT_URL_ECS": ecs_endpoint} if ecs_endpoint else {}),
     }
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-S", "-c", RUN_HANDLER, synth.handler, str(synth.timeout)],
                           env=env, capture_output=True, text=True, timeout=synth.timeout + 10, check=False,
                           cwd=synth.asset_dir)
     assert time.monotonic() - started < synth.timeout
+    if not succeeds:
+        assert done.returncode != 0, f"handler did not fail:\n{done.stdout}"
+        return {}, done.stdout + done.stderr
     assert done.returncode == 0, f"handler failed:\n{done.stdout}\n{done.stderr}"
     line = next(x for x in done.stdout.splitlines() if x.startswith("E2E-RESULT "))
     return json.loads(line.removeprefix("E2E-RESULT ")), done.stdout
@@ -340,3 +359,64 @@ def test_packaged_lambda_for_prefect2_agents(
     dims = {"ClusterName": CLUSTER, "ServiceName": f"agent-{s}"}
     assert published(cw, "TaskShortfall", **dims) == 3  # min(ceil(3 / 1), 3) - 0 desired
     assert published(cw, "BacklogPerTask", **dims) == 3
+
+
+def test_packaged_lambda_protects_busy_tasks_through_an_outage_and_orphans_no_look_alike(
+        prefect3_server: PrefectServer, prefect_venv_for: Callable[[str], Path], moto_endpoint: str,
+        lambda_path: tuple[Path, Path], tmp_path: Path, packaged: list[Path]) -> None:
+    """Real 3.x Process workers, the deployed handler, ECS's task-level API on loopback (FakeEcs behind it):
+    a worker named ``ecs-<task id>`` gets its task protected; a live worker whose name merely contains 32
+    hex digits is never taken for a task, so its run is not orphaned nor crashed; with Prefect down the
+    busy task's protection is refreshed and nothing is released."""
+    layer, runtime = lambda_path
+    venv = prefect_venv_for("3")
+    s = uuid.uuid4().hex[:8]
+    c = BacklogClient(prefect3_server.api_url)
+    pool = f"e2e-tp-{s}"
+    c.create_pool(pool, type="process")
+    flows = write_flows(tmp_path / "flows")
+    ecs = FakeEcs()
+    ecs.service(CLUSTER, f"proc-{s}")
+    task, look_alike = fake_task_id(), f"worker-{uuid.uuid4().hex}"
+    ecs.start_task(CLUSTER, f"proc-{s}", task)
+    idle = ecs.start_task(CLUSTER, f"proc-{s}")
+    ecs.desired[(CLUSTER, f"proc-{s}")] = 2
+    workers, runs = [], {}
+    with FaultProxy(prefect3_server.base_url) as proxy, EcsApi(ecs) as ecs_api:
+        try:
+            for queue, name in (("a", ecs_worker_name(task)), ("b", look_alike)):
+                c.create_queue(pool, queue)
+                deployment = create_local_deployment(c, pool, queue, flows, "sleepy", name=f"sleepy-{queue}")
+                workers.append(ProcessWorker(venv, prefect3_server.api_url, pool, name, limit=1, work_queues=[queue],
+                                             query_seconds=1, prefetch_seconds=0).start())
+                runs[queue] = c.create_run(deployment, scheduled_now(), parameters={"seconds": 600})["id"]
+            for run in runs.values():
+                wait_for_state(c, run, "RUNNING", timeout=120)
+            context = {"prefectApiUrl": proxy.api_url, "stackName": f"E2eTp-{s}", "crashOrphanedRuns": True,
+                       "queues": [{"workPool": pool, "workQueue": q, "cluster": CLUSTER, "service": f"proc-{s}",
+                                   "maxCapacity": 4, "targetBacklogPerTask": 1, "runsInWorkerTask": True}
+                                  for q in ("a", "b")]}
+            packaged.append(build_package(parse_config(context)))
+            synth = synthesize(context, tmp_path / "cdk.out")
+
+            for _ in range(2):  # twice: an orphan would be crashed on the second look
+                outcome, _ = invoke(synth, layer, runtime, moto_endpoint, ecs_endpoint=ecs_api.endpoint)
+                result = outcome["result"]
+                assert (result["orphanedFlowRuns"], result["crashedFlowRuns"]) == (0, 0), result
+                assert ecs.protected(CLUSTER, f"proc-{s}") == {task}
+            assert c.get_run(runs["b"])["state"]["type"] == "RUNNING"  # the look-alike's run is left alone
+            assert ecs.count("DescribeTasks") == 0  # and never asked about: it names no task
+
+            # Prefect goes down. The busy task's protection, set 4 minutes ago as far as it knows, is refreshed.
+            ecs.tasks[task].protected_until = datetime.now(UTC) + timedelta(minutes=1)
+            proxy.add(Rule(any_request, Respond(503, '{"detail": "down"}')))
+            before = datetime.now(UTC)
+            _, output = invoke(synth, layer, runtime, moto_endpoint, ecs_endpoint=ecs_api.endpoint, succeeds=False)
+            assert "could not be read; kept 1 task(s) protected and released none" in output
+            until = ecs.tasks[task].protected_until
+            assert until is not None and until >= before + timedelta(minutes=5), until
+            assert idle not in ecs.protected(CLUSTER, f"proc-{s}")
+            assert not [a for op, a in ecs.calls if op == "UpdateTaskProtection" and not a["protectionEnabled"]]
+        finally:
+            for worker in workers:
+                worker.cleanup(graceful=False)
