@@ -179,7 +179,9 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
             data.append(Datum(metrics.SECONDS_SINCE_WORKER_HEARTBEAT, dims, heartbeat_age))
     for service in report.services:
         dims = metrics.service_dimensions(*service.config.key)
-        if service.protection is not None and service.protection.protected is not None:
+        # A service whose runs were unread publishes nothing, ProtectedTasks included (its protection was
+        # only kept: the log says how many tasks).
+        if service.protection is not None and service.protection.protected is not None and not service.protection.held:
             data.append(Datum(metrics.PROTECTED_TASKS, dims, service.protection.protected))
         if service.unmapped is not None:
             data.append(Datum(metrics.UNMAPPED_FLOW_RUNS, dims, service.unmapped))

@@ -272,6 +272,7 @@ def test_a_service_whose_queue_was_not_read_keeps_its_protection_and_releases_no
     assert ecs.protected("prefect", "process-worker") == {expiring, later}
     assert idle not in ecs.protected("prefect", "process-worker")
     assert published(aws["cloudwatch"], "OrphanedFlowRuns", **GPU) is None  # runs unread: orphans unknown
+    assert published(aws["cloudwatch"], "ProtectedTasks", **PROCESS) is None  # an unread service publishes nothing
     assert report.services[1].protection is not None and report.services[1].protection.held
 
 
