@@ -82,12 +82,13 @@ class EcsService:
     tasks: list[Task] = field(default_factory=list)
     on_started: Callable[[Task], None] = lambda task: None  # a task was created
     on_stopped: Callable[[Task], None] = lambda task: None
+    _live: dict[str, Task] = field(default_factory=dict)  # by id, in creation order
 
     def live(self) -> list[Task]:
-        return [t for t in self.tasks if t.live]
+        return list(self._live.values())
 
     def running_count(self) -> int:
-        return sum(1 for t in self.tasks if t.running(self.clock.now))
+        return sum(1 for t in self._live.values() if t.running(self.clock.now))
 
     def set_desired(self, count: int) -> None:
         self.desired = count
@@ -111,12 +112,14 @@ class EcsService:
         task = Task(id=f"{self.rng.getrandbits(128):032x}", az=spread_az(self.live(), self.rng), created=now,
                     running_at=now + to_running, ready_at=now + to_running + boot)
         self.tasks.append(task)
+        self._live[task.id] = task
         self.on_started(task)
         return task
 
     def stop_task(self, task: Task) -> None:
         if task.live:
             task.stopped = self.clock.now
+            del self._live[task.id]
             self.on_stopped(task)
 
     def protect(self, task_ids: Iterable[str], minutes: int) -> None:
@@ -124,15 +127,15 @@ class EcsService:
         minutes = max(1, min(2880, minutes))
         wanted = set(task_ids)
         until = self.clock.now + 60 * minutes
-        for task in self.tasks:
-            if task.live and task.id in wanted:
+        for task in self._live.values():
+            if task.id in wanted:
                 task.protected_until = until
         self.clock.at(until, self.reconcile)  # a surplus task stops once its protection expires
 
     def release(self, task_ids: Iterable[str]) -> None:
         wanted = set(task_ids)
-        for task in self.tasks:
-            if task.live and task.id in wanted:
+        for task in self._live.values():
+            if task.id in wanted:
                 task.protected_until = None
         self.reconcile()
 
