@@ -88,7 +88,10 @@ class ServiceAutoScaling:
                 continue
             high, low = t.high.evaluate_at(now), t.low.evaluate_at(now)
             wanted_in = None
-            if high is AlarmState.ALARM and t.high.last_value is not None:
+            from_zero = t.policy.scale_out_from_zero(t.high.range_at(now)[-1], desired)
+            if from_zero is not None:
+                outs.append((from_zero, t.policy))
+            elif high is AlarmState.ALARM and t.high.last_value is not None:
                 wanted = t.policy.scale_out(t.high.last_value, desired, now)
                 if wanted is not None:
                     outs.append((wanted, t.policy))

@@ -7,7 +7,10 @@ Rules, with their sources:
   is proportional: ``ceil(capacity * metric / target)``, rounded conservatively (up), so it never removes too
   much. https://docs.aws.amazon.com/autoscaling/application/userguide/target-tracking-scaling-policy-overview.html
   https://docs.aws.amazon.com/AmazonECS/latest/developerguide/service-autoscaling-targettracking.html
-  At capacity 0 the product is 0: target tracking alone cannot leave 0 tasks.
+  At capacity 0 the product is 0; instead, when the metric shows demand (above 0), ECS Service Auto Scaling
+  waits for one datapoint and scales out by the minimum possible amount (1 task), then resumes proportional
+  scaling. https://docs.aws.amazon.com/AmazonECS/latest/developerguide/service-autoscaling-stepscaling.html
+  (quoted in aws/copilot-cli#3054).
 * The alarms are created and managed by Application Auto Scaling and cannot be edited; their shape is not in
   the guide. Observed, and in /work/shared/reference/aws-scaling.md: the high alarm fires on 3 of 3 one-minute
   datapoints above the target, the low alarm on 15 of 15 below 90 % of it (observed in the alarms AAS creates,
@@ -69,6 +72,10 @@ class TargetTracking:
         wanted = proportional_capacity(desired, metric, self.spec.target_value)
         floor = max(desired, self.out_capacity) if now < self.out_until else desired
         return wanted if wanted > floor else None
+
+    def scale_out_from_zero(self, newest: float | None, desired: int) -> int | None:
+        """At capacity 0, one datapoint above 0 (``newest``, the last complete period) asks for 1 task."""
+        return 1 if desired == 0 and newest is not None and newest > 0 else None
 
     def scale_in(self, metric: float, desired: int, now: float) -> int | None:
         if self.spec.disable_scale_in or now < self.in_until or now < self.out_until:
