@@ -136,15 +136,17 @@ def recipe(deployed: Deployed, min_capacity: int, slots: int) -> Policy:
     return Policy(f"recipe (min {min_capacity})", build)
 
 
-def ours(deployed: Deployed, slots: int, prewarm_seconds: int, name: str, protect_at_claim: bool = False) -> Policy:
+def ours(deployed: Deployed, slots: int, prewarm_seconds: int, name: str, protect_at_claim: bool = False,
+         sample_seconds: int = SAMPLE_SECONDS) -> Policy:
+    """Ours; ``sample_seconds`` 10 with a fast-mode template (its step alarm's period is 10 s)."""
     def build(runs: list[Run] | tuple[Run, ...], horizon: float, seed: int) -> World:
         world = World(runs, slots=slots, seed=seed, horizon=horizon, target=deployed.target,
                       protect_at_claim=protect_at_claim)
         assert world.autoscaling is not None
         world.autoscaling.add_target_tracking(deployed.tracking, world.series(deployed.tracking_metric))
         world.autoscaling.add_step_scaling(deployed.step, deployed.step_alarm, world.series(deployed.step_metric))
-        publisher = OursPublisher(world, deployed, prewarm_seconds)
-        world.every(world.rng.uniform(0, SAMPLE_SECONDS), SAMPLE_SECONDS, publisher.sample)
+        publisher = OursPublisher(world, deployed, prewarm_seconds, sample_seconds=sample_seconds)
+        world.every(world.rng.uniform(0, sample_seconds), sample_seconds, publisher.sample)
         return world
     return Policy(name, build)
 
