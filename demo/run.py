@@ -241,6 +241,8 @@ def _short(task_ids: Sequence[str]) -> str:
     return "[" + " ".join(t[:6] for t in task_ids) + "]"
 
 
+LAUNCHER_PROTECTION_MINUTES = 5  # the launcher's expiresInMinutes; the publisher releases idle tasks
+
 class SimulatedEcs:
     """The configured ECS services on :class:`FakeEcs`, which the publisher gets as its ECS client.
 
@@ -261,6 +263,13 @@ class SimulatedEcs:
 
     def polls_after_sample(self, task: str) -> bool:
         return self.after_sample.get(task, False)
+
+    def protect_at_claim(self, tasks: set[str]) -> None:
+        """What a worker launcher does when its worker claims a run: protect its own task (the agent endpoint)."""
+        for task_id in sorted(tasks):
+            task = self.api.tasks[task_id]
+            self.api.update_task_protection(cluster=task.cluster, tasks=[task_id], protectionEnabled=True,
+                                            expiresInMinutes=LAUNCHER_PROTECTION_MINUTES)
 
     def live(self, key: ServiceKey) -> list[str]:
         return self.api.live(*key)
@@ -387,9 +396,9 @@ class Workload:
         return len(dead)
 
     def work(self, cycle: int, now: datetime, live: Mapping[ServiceKey, Sequence[str]], *, advance: bool = True,
-             polling: Callable[[str], bool] = lambda task: True) -> None:
+             polling: Callable[[str], bool] = lambda task: True) -> set[str]:
         """The workers: claimed runs move on (``advance``: once a cycle), then the running tasks' workers that poll
-        now (``polling``) claim due runs."""
+        now (``polling``) claim due runs. Returns the tasks whose worker claimed a run."""
         moves = {run.id: sim.next_run_state(run.state, cycle - run.since_cycle, run.run_cycles)
                  for run in self.runs if advance and run.state in ("PENDING", "RUNNING") and not run.orphaned}
         claims: dict[str, str] = {}  # run id -> task
@@ -411,6 +420,7 @@ class Workload:
             if ok:
                 run.state, run.since_cycle = moves[run.id], cycle
                 run.task = claims.get(run.id, run.task)
+        return {claims[run.id] for run, ok in zip(changed, done, strict=True) if ok and run.id in claims}
 
     def _apply(self, run: DemoRun, state: str, claimed_by: str | None) -> bool:
         """Move ``run`` to ``state``; a claim first labels it with its worker's name, as a Prefect 3 worker does."""
@@ -559,6 +569,7 @@ class World:
     ecs: SimulatedEcs
     cloudwatch: Any
     warm: WarmState = field(default_factory=WarmState)
+    protect_at_claim: bool = False  # a worker launcher protects its task when its worker claims a run
 
 
 def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], Timeline]:
@@ -584,8 +595,10 @@ def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], T
         # Workers poll at phases of their own: those polling before this cycle's sample claim now, the others
         # after it (below), so their claims wait a whole cycle for the publisher to protect their task, and a
         # scale-in that lands at the next cycle's start may stop them busy.
-        workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services},
-                      polling=lambda task: not ecs.polls_after_sample(task))
+        claimed = workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services},
+                                polling=lambda task: not ecs.polls_after_sample(task))
+        if world.protect_at_claim:
+            ecs.protect_at_claim(claimed)
 
         now = datetime.now(UTC)
         prefect = PrefectClient(config.api_url, deadline=time.monotonic() + max(interval, 10.0),
@@ -607,8 +620,10 @@ def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], T
             asks[key] = (tracking, step)
             ecs.set_desired(key, sim.next_desired(ecs.desired(key), (tracking, step)))
 
-        workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services}, advance=False,
-                      polling=ecs.polls_after_sample)
+        claimed = workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services},
+                                advance=False, polling=ecs.polls_after_sample)
+        if world.protect_at_claim:
+            ecs.protect_at_claim(claimed)
 
         for burst in BURSTS:  # created after this sample: an unannounced one comes due as it is created
             if burst.creation_cycle == cycle:
@@ -727,6 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds per cycle (default 5)")
     parser.add_argument("--no-protection", dest="protection", action="store_false",
                         help="set taskProtection false for every service, to see what protection prevents")
+    parser.add_argument("--protect-at-claim", action="store_true",
+                        help="workers protect their own task when they claim a run (the worker launcher)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of ECS's task IDs and scale-in picks (default {DEFAULT_SEED})")
     parser.add_argument("--chart", type=Path, default=None,
@@ -786,7 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "worker is named ecs-<task id>. Every figure below was read back from CloudWatch (moto); "
                   "'policies ask' is the capacity each policy sets ('-': it does not act), 'desired' what ECS is "
                   "told (largest wins), 'running' and 'protected' the tasks the publisher saw.\n")
-            world = World(config, policies, workload, ecs, aws_client("cloudwatch", endpoint))
+            world = World(config, policies, workload, ecs, aws_client("cloudwatch", endpoint),
+                          protect_at_claim=args.protect_at_claim)
             loop_began = time.monotonic()
             rows, timeline = run_cycles(world, args.cycles, args.interval)
             loop_seconds = time.monotonic() - loop_began
