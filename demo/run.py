@@ -415,7 +415,7 @@ class Workload:
                                                               strict=False))
         moves.update(dict.fromkeys(claims, "PENDING"))
         changed = [run for run in self.runs if moves.get(run.id, run.state) != run.state]
-        done = self.pool.map(lambda r: self._apply(r, moves[r.id], claims.get(r.id)), changed)
+        done = list(self.pool.map(lambda r: self._apply(r, moves[r.id], claims.get(r.id)), changed))
         for run, ok in zip(changed, done, strict=True):
             if ok:
                 run.state, run.since_cycle = moves[run.id], cycle
