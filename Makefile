@@ -63,11 +63,11 @@ bench: setup
 	bash scripts/install-prefect.sh 3 .venvs/prefect3
 	$(PY) -m bench.run $(ARGS)
 
-## One realistic day replayed against the recipe, ours without and with pre-warm: Late run-seconds vs task-minutes (~40 s)
+## Three days replayed on the AWS model (harness/aws_model): the recipe, ours and a causal lower bound (~20 s)
 day-replay: setup
 	$(PY) -m bench.day_replay $(ARGS)
 
-## Worst-case time from a due flow run to the scale-out alarm, default and fast mode vs the baseline (~10 s)
+## Time from a due run to a worker running it on the AWS model, default and fast mode vs the recipe (~15 s)
 time-to-scale: setup
 	$(PY) -m bench.time_to_scale $(ARGS)
 

@@ -1,7 +1,16 @@
-"""Worst-case time from a flow run becoming due to the scale-out alarm going to ALARM, read from the template.
+"""Time from a flow run being due to a task running it (on the AWS model), and the worst case to the scale-out
+alarm, read from the template.
 
     PYTHONPATH=lambda:. .venv/bin/python -m bench.time_to_scale [--context cdk.json] [--json]
     PYTHONPATH=lambda:. .venv/bin/python -m bench.time_to_scale --template cdk.out/PrefectEcsAutoscaler.template.json
+
+First, measured on ``harness.aws_model`` (``bench.running_time``): from a run due to a worker running it,
+median and p95 over random phases, for ours, ours in fast mode and the recipe, with the latency both share
+(AAS action, ECS placement, Fargate start, worker boot and poll) in; and, for a burst scheduled ahead, how long
+before its start a worker was up with pre-warm. The service is the configuration's Process-worker one (its
+policies from the synthesized template; slots per task = its targetBacklogPerTask).
+
+Then, from the template alone, the worst case to ALARM (what both sides then still pay is left out):
 
 By default the stack is synthesized in-process from the configuration in
 ``cdk.json`` (``infra.stack.PrefectAutoscalerStack``, every template read back
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -49,6 +59,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import replay_policies as rp
+from bench import running_time
+from bench.deployed import deployed_policies
 from infra.assembly import StackTemplates, read
 from infra.packaging import CONFIG_FILE_NAME
 from prefect_backlog.backlog import DUE_STATE_NAMES
@@ -224,6 +237,53 @@ def render(rows: Sequence[TimeToScale]) -> str:
     return "\n".join(lines)
 
 
+def model_rows(stacks: Sequence[tuple[StackTemplates, dict[str, Any] | None]], trials: int
+               ) -> tuple[list[running_time.RunningTime], list[running_time.Lead]]:
+    """Time to a running task for ours (default, then fast mode: ``stacks`` in that order) and the recipe, on the
+    configuration's first Process-worker service (else its first service)."""
+    runs: list[running_time.RunningTime] = []
+    leads: list[running_time.Lead] = []
+    recipe: rp.Policy | None = None
+    recipe_slots = 1
+    for stack, packaged in stacks:
+        if packaged is None:
+            continue
+        config = parse_config(packaged)
+        service = next((s for s in config.services
+                        if any(config.queues[i].runs_in_worker_task for i in s.queue_indexes)), config.services[0])
+        deployed = deployed_policies(stack.templates.values())[service.resource_id]
+        slots = max(1, math.ceil(service.target_backlog_per_task))
+        fast = config.samples_per_invocation > 1
+        name = "ours, fast mode" if fast else "ours"
+        sample = int(config.sample_interval_seconds)
+        runs.append(running_time.time_to_running(rp.ours(deployed, slots, 0, name, sample_seconds=sample),
+                                                 trials, slots=slots))
+        leads.append(running_time.lead(rp.ours(deployed, slots, service.prewarm_seconds, name,
+                                               sample_seconds=sample), service.prewarm_seconds, trials, slots=slots))
+        if recipe is None:
+            recipe = rp.recipe(deployed, 0, slots)
+            recipe_slots = slots
+    if recipe is not None:
+        runs.append(running_time.time_to_running(recipe, trials, slots=recipe_slots))
+    return runs, leads
+
+
+def render_model(runs: Sequence[running_time.RunningTime], leads: Sequence[running_time.Lead]) -> str:
+    lines = [f"From a run due to a worker running it, {running_time.BURST_TASKS} tasks' worth of runs on an idle "
+             "service (median / p95 over random phases; AWS from harness.aws_model):", "",
+             "| policy | first run running s | whole burst running s |", "|---|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r.policy} | {r.first_run_running_s.median:g} / {r.first_run_running_s.p95:g} "
+                     f"| {r.burst_running_s.median:g} / {r.burst_running_s.p95:g} |")
+    lines += ["", "| a burst scheduled ahead | prewarmSeconds | a worker up before its start, s | whole burst running "
+              "after its start, s |", "|---|---:|---:|---:|"]
+    for lead in leads:
+        lines.append(f"| {lead.policy} | {lead.prewarm_seconds} | {lead.worker_up_before_start_s.median:g} / "
+                     f"{lead.worker_up_before_start_s.p95:g} | {lead.burst_running_s.median:g} / "
+                     f"{lead.burst_running_s.p95:g} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.time_to_scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--context", type=Path, default=REPO_ROOT / "cdk.json",
@@ -232,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fast-mode", action="store_true",
                         help="only the fast-mode row (by default: the config as given, then with fastMode: true)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--trials", type=int, default=running_time.TRIALS,
+                        help=f"random phases per policy on the AWS model (default {running_time.TRIALS})")
     args = parser.parse_args(argv)
 
     def with_target(stack: StackTemplates,
@@ -243,16 +305,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.template:
         stack = read(args.template.parent, args.template.name.removesuffix(".template.json"))
         targets = [with_target(stack, package_config(stack, args.template.parent))]
+        stacks = [(stack, package_config(stack, args.template.parent))]
     else:  # the configuration as given, then the same with fast mode on
-        targets = [with_target(*synthesize(load_context(args.context, fast)))
-                   for fast in ((True,) if args.fast_mode else (False, True))]
+        stacks = [synthesize(load_context(args.context, fast))
+                  for fast in ((True,) if args.fast_mode else (False, True))]
+        targets = [with_target(*pair) for pair in stacks]
+    model_runs, model_leads = model_rows(stacks, args.trials)
     base = baseline()
     rows = [row for row, _, _ in targets] + [base]
     if args.json:
-        print(json.dumps([asdict(r) | {"worst_case_s": r.worst_case_s} for r in rows]
-                         + [{"name": f"{row.name}, a run scheduled ahead", "prewarm_seconds": lead[0],
-                             "alarm_fires_before_start_s": lead[1]} for row, _, lead in targets if lead], indent=1))
+        print(json.dumps({"to_a_running_task": [asdict(r) for r in model_runs],
+                          "scheduled_ahead": [asdict(lead) for lead in model_leads],
+                          "to_alarm": [asdict(r) | {"worst_case_s": r.worst_case_s} for r in rows]
+                          + [{"name": f"{row.name}, a run scheduled ahead", "prewarm_seconds": lead[0],
+                              "alarm_fires_before_start_s": lead[1]} for row, _, lead in targets if lead]}, indent=1))
         return 0
+    print(render_model(model_runs, model_leads))
+    print()
+    print("The worst case to the scale-out alarm alone, from the template (AAS, ECS, the task's start and the "
+          "worker's poll come after it, for every policy alike):")
+    print()
     print(render(rows))
     print()
     print("| a run scheduled ahead | prewarmSeconds | the scale-out alarm has fired, at the latest |")

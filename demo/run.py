@@ -15,12 +15,19 @@ Simulated (``demo/simulation.py``): Application Auto Scaling acting on the
 metrics read back from CloudWatch; ECS, on the stand-in ``harness.fake_ecs``
 (the publisher's ECS client: it lists the tasks and protects them there),
 acting on the desired count at the start of the next cycle, before its sample:
-new tasks are running then, and a scale-in stops tasks chosen at random among
-the unprotected ones; and one worker per running task, named ``ecs-<task id>``,
-that claims due runs (state Pending and label ``prefect.worker.name``, as a
-Prefect 3 worker stamps it) and moves them on. A task stopped under a run it
-holds takes the run's process with it: the run stays in flight in Prefect,
-orphaned.
+new tasks are running then, and a scale-in stops tasks chosen as the AWS model
+picks them (``harness.aws_model.ecs``: Availability Zones balanced, at random
+within one, among the unprotected ones); and one worker per running task, named
+``ecs-<task id>``, that claims due runs (state Pending and label
+``prefect.worker.name``, as a Prefect 3 worker stamps it) and moves them on.
+Each worker polls at a phase of its own: about half claim before the cycle's
+sample, the others after it, so a run claimed after a sample waits for the next
+one to have its task protected, and a scale-in that lands before then can stop
+that task busy (the race a worker launcher that protects at the claim closes).
+A task stopped under a run it holds takes the run's process with it: the run
+stays in flight in Prefect, orphaned. Alarms and policies here are still the
+compressed per-cycle rules of ``demo/simulation.py``; ``make day-replay`` runs
+the full AWS model.
 
 One cycle stands for one publisher sample (a minute in production) and lasts
 a few seconds here; ``prewarmSeconds`` is set to the same number of cycles
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -57,6 +65,7 @@ from moto.server import ThreadedMotoServer
 
 from demo import simulation as sim
 from demo.chart import BurstMark, ServiceSeries, draw
+from harness.aws_model import ecs as aws_ecs
 from harness.backlog import BacklogClient, Target, iso
 from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer, PrefectServerError
@@ -232,6 +241,8 @@ def _short(task_ids: Sequence[str]) -> str:
     return "[" + " ".join(t[:6] for t in task_ids) + "]"
 
 
+LAUNCHER_PROTECTION_MINUTES = 5  # the launcher's expiresInMinutes; the publisher releases idle tasks
+
 class SimulatedEcs:
     """The configured ECS services on :class:`FakeEcs`, which the publisher gets as its ECS client.
 
@@ -245,8 +256,20 @@ class SimulatedEcs:
         self.api = FakeEcs()
         self.client: EcsTaskClient = self.api  # what the publisher calls
         self.rng = rng
+        self.zones: dict[str, str] = {}  # task -> its Availability Zone
+        self.after_sample: dict[str, bool] = {}  # task -> its worker polls after the sample in a cycle
         for cluster, service in services:
             self.api.service(cluster, service)
+
+    def polls_after_sample(self, task: str) -> bool:
+        return self.after_sample.get(task, False)
+
+    def protect_at_claim(self, tasks: set[str]) -> None:
+        """What a worker launcher does when its worker claims a run: protect its own task (the agent endpoint)."""
+        for task_id in sorted(tasks):
+            task = self.api.tasks[task_id]
+            self.api.update_task_protection(cluster=task.cluster, tasks=[task_id], protectionEnabled=True,
+                                            expiresInMinutes=LAUNCHER_PROTECTION_MINUTES)
 
     def live(self, key: ServiceKey) -> list[str]:
         return self.api.live(*key)
@@ -262,9 +285,20 @@ class SimulatedEcs:
         """Start or stop tasks towards the desired count; returns the event and the busy tasks it stopped."""
         cluster, service = key
         desired = self.desired(key)
-        action = sim.ecs_scale(self.live(key), self.api.protected(cluster, service), desired, self.rng)
+        live = self.live(key)
+        protected = self.api.protected(cluster, service)
+        start = max(0, desired - len(live))
+        # Victims as ECS picks them (harness.aws_model.ecs): Availability Zones balanced, at random within one,
+        # among the unprotected tasks.
+        tasks = [aws_ecs.Task(id=t, az=self.zones[t], created=0, running_at=0, ready_at=0,
+                              protected_until=math.inf if t in protected else None) for t in live]
+        stop = tuple(sorted(t.id for t in aws_ecs.choose_victims(tasks, max(0, len(live) - desired), 0, self.rng)))
+        action = sim.ScaleAction(start=start, stop=stop)
         for _ in range(action.start):
-            self.api.start_task(cluster, service, task_id=f"{self.rng.getrandbits(128):032x}")
+            task_id = f"{self.rng.getrandbits(128):032x}"
+            self.zones[task_id] = aws_ecs.spread_az([t for t in tasks if t.id not in stop], self.rng)
+            self.after_sample[task_id] = self.rng.random() < 0.5  # its worker's poll phase: before or after a sample
+            self.api.start_task(cluster, service, task_id=task_id)
         for task in action.stop:
             self.api.stop_task(task)
         idle, stopped_busy = sim.split_stopped(action.stop, busy)
@@ -361,10 +395,12 @@ class Workload:
             run.orphaned = True
         return len(dead)
 
-    def work(self, cycle: int, now: datetime, live: Mapping[ServiceKey, Sequence[str]]) -> None:
-        """One cycle of the workers: claimed runs move on, then the running tasks' workers claim due runs."""
+    def work(self, cycle: int, now: datetime, live: Mapping[ServiceKey, Sequence[str]], *, advance: bool = True,
+             polling: Callable[[str], bool] = lambda task: True) -> set[str]:
+        """The workers: claimed runs move on (``advance``: once a cycle), then the running tasks' workers that poll
+        now (``polling``) claim due runs. Returns the tasks whose worker claimed a run."""
         moves = {run.id: sim.next_run_state(run.state, cycle - run.since_cycle, run.run_cycles)
-                 for run in self.runs if run.state in ("PENDING", "RUNNING") and not run.orphaned}
+                 for run in self.runs if advance and run.state in ("PENDING", "RUNNING") and not run.orphaned}
         claims: dict[str, str] = {}  # run id -> task
         for service, tasks in live.items():
             mine = [r for r in self.runs if r.service == service]
@@ -374,16 +410,17 @@ class Workload:
                                                                             self.in_task[service]):
                     held[run.task] += 1
             waiting = [r for r in mine if r.state == "WAITING" and r.due <= now]
-            free = [(task, self.slots[service] - n) for task, n in held.items()]
+            free = [(task, self.slots[service] - n) for task, n in held.items() if polling(task)]
             claims.update((run.id, task) for run, task in zip(waiting, sim.assign_claims(free, len(waiting)),
                                                               strict=False))
         moves.update(dict.fromkeys(claims, "PENDING"))
         changed = [run for run in self.runs if moves.get(run.id, run.state) != run.state]
-        done = self.pool.map(lambda r: self._apply(r, moves[r.id], claims.get(r.id)), changed)
+        done = list(self.pool.map(lambda r: self._apply(r, moves[r.id], claims.get(r.id)), changed))
         for run, ok in zip(changed, done, strict=True):
             if ok:
                 run.state, run.since_cycle = moves[run.id], cycle
                 run.task = claims.get(run.id, run.task)
+        return {claims[run.id] for run, ok in zip(changed, done, strict=True) if ok and run.id in claims}
 
     def _apply(self, run: DemoRun, state: str, claimed_by: str | None) -> bool:
         """Move ``run`` to ``state``; a claim first labels it with its worker's name, as a Prefect 3 worker does."""
@@ -532,6 +569,7 @@ class World:
     ecs: SimulatedEcs
     cloudwatch: Any
     warm: WarmState = field(default_factory=WarmState)
+    protect_at_claim: bool = False  # a worker launcher protects its task when its worker claims a run
 
 
 def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], Timeline]:
@@ -554,7 +592,13 @@ def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], T
         for service in config.services:
             event, stopped_busy = ecs.act(service.key, workload.busy_tasks(service.key))
             events[service.key] = replace(event, orphaned=workload.orphan(service.key, stopped_busy))
-        workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services})
+        # Workers poll at phases of their own: those polling before this cycle's sample claim now, the others
+        # after it (below), so their claims wait a whole cycle for the publisher to protect their task, and a
+        # scale-in that lands at the next cycle's start may stop them busy.
+        claimed = workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services},
+                                polling=lambda task: not ecs.polls_after_sample(task))
+        if world.protect_at_claim:
+            ecs.protect_at_claim(claimed)
 
         now = datetime.now(UTC)
         prefect = PrefectClient(config.api_url, deadline=time.monotonic() + max(interval, 10.0),
@@ -575,6 +619,11 @@ def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], T
             step = sim.step_ask(rules, seen.task_shortfall, ecs.desired(key))
             asks[key] = (tracking, step)
             ecs.set_desired(key, sim.next_desired(ecs.desired(key), (tracking, step)))
+
+        claimed = workload.work(cycle, datetime.now(UTC), {s.key: ecs.live(s.key) for s in config.services},
+                                advance=False, polling=ecs.polls_after_sample)
+        if world.protect_at_claim:
+            ecs.protect_at_claim(claimed)
 
         for burst in BURSTS:  # created after this sample: an unannounced one comes due as it is created
             if burst.creation_cycle == cycle:
@@ -693,6 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds per cycle (default 5)")
     parser.add_argument("--no-protection", dest="protection", action="store_false",
                         help="set taskProtection false for every service, to see what protection prevents")
+    parser.add_argument("--protect-at-claim", action="store_true",
+                        help="workers protect their own task when they claim a run (the worker launcher)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of ECS's task IDs and scale-in picks (default {DEFAULT_SEED})")
     parser.add_argument("--chart", type=Path, default=None,
@@ -752,7 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "worker is named ecs-<task id>. Every figure below was read back from CloudWatch (moto); "
                   "'policies ask' is the capacity each policy sets ('-': it does not act), 'desired' what ECS is "
                   "told (largest wins), 'running' and 'protected' the tasks the publisher saw.\n")
-            world = World(config, policies, workload, ecs, aws_client("cloudwatch", endpoint))
+            world = World(config, policies, workload, ecs, aws_client("cloudwatch", endpoint),
+                          protect_at_claim=args.protect_at_claim)
             loop_began = time.monotonic()
             rows, timeline = run_cycles(world, args.cycles, args.interval)
             loop_seconds = time.monotonic() - loop_began

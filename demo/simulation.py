@@ -30,10 +30,13 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
   Pending or Running; a worker that submits each run as its own ECS task holds
   it only while Pending. A run still held by a task dies with it when ECS
   stops the task: its process is gone, and Prefect shows it in flight forever.
-  Workers claim just before each sample, so no run is claimed between the
-  publisher protecting tasks and ECS acting on a scale-in. In production they
-  poll all the time: a run claimed after a sample and before the scale-in
-  lands (up to a minute) is not protected yet. The demo does not show that race.
+  Each worker claims either before or after the cycle's sample (its own poll
+  phase, drawn per task in demo/run.py), so a run claimed after a sample is not
+  protected until the next one, and a scale-in landing first stops its task
+  busy: the race that a worker launcher protecting at the claim closes
+  (``--protect-at-claim``). Scale-in victims are chosen as
+  ``harness.aws_model.ecs`` chooses them (``ecs_scale`` below is the older,
+  zone-blind rule, kept for its tests).
 
 Cooldowns are left out: the step policy's 60 s is one cycle, and the target
 tracking scale-in cooldown only matters after a first scale-in, which here
