@@ -51,23 +51,21 @@ class OursPublisher:
         held += [(run, run.task_id or "") for run in world.workers.orphaned if id(run) not in self._crashed]
         facts = [RunFacts(id=str(id(run)), queue_id="q", state_type="RUNNING", state_name="Running",
                           scheduled_at=when(run.due), state_since=when(run.claimed or now),
-                          worker_name=f"prefect-worker-{task_id}") for run, task_id in held]
+                          worker_name=f"ecs-{task_id}") for run, task_id in held]
         holding = holding_runs([(facts, True)], when(now))
         live = service.live()
         stopped = {t.id for t in service.tasks if not t.live}
         tasks = ServiceTasks(live=frozenset(t.id for t in live),
                              protected={t.id: when(t.protected_until) for t in live
                                         if t.protected_until is not None and t.protected(now)},
-                             gone=frozenset(holding.busy_tasks & stopped))
+                             stopped=frozenset(holding.busy_tasks & stopped))  # STOPPED in this service
         plan = plan_protection(holding, tasks, refresh_before=when(now + self.sample_seconds) + REFRESH_MARGIN)
         backlog = QueueBacklog(late=book.late_waiting(now), due=book.due_waiting(now), pending=0, running=len(held),
                                oldest_late_age_seconds=0, paused=False, orphaned=len(plan.orphaned),
                                upcoming=book.upcoming(now, self.prewarm_seconds))
         demand = queue_demand(backlog, runs_in_worker_task=True)
         desired = service.desired
-        # #19 divides BacklogPerTask by max(desired, 1) (AAS multiplies the metric by the desired count); until
-        # it lands, desired is passed where service_signal takes the count it divides by.
-        signal = service_signal(demand, desired, desired, self.deployed.tracking.target_value,
+        signal = service_signal(demand, service.running_count(), desired, self.deployed.tracking.target_value,
                                 self.deployed.target.max_capacity)
         world.publish(self.deployed.tracking_metric, signal.backlog_per_task)
         world.publish(self.deployed.step_metric, signal.task_shortfall)

@@ -613,9 +613,7 @@ def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], T
         for service in config.services:
             key, seen, rules = service.key, published[service.key], world.policies[service.key]
             alarms[key] = sim.next_alarms(alarms[key], seen.backlog_per_task, rules.target_value)
-            running = None if seen.running_tasks is None else int(seen.running_tasks)
-            tracking = None if running is None else sim.tracking_ask(rules, alarms[key], seen.backlog_per_task,
-                                                                     running, ecs.desired(key))
+            tracking = sim.tracking_ask(rules, alarms[key], seen.backlog_per_task, ecs.desired(key))
             step = sim.step_ask(rules, seen.task_shortfall, ecs.desired(key))
             asks[key] = (tracking, step)
             ecs.set_desired(key, sim.next_desired(ecs.desired(key), (tracking, step)))

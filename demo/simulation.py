@@ -8,7 +8,7 @@ simulation follows what would be deployed, not a copy of it.
 One *cycle* stands for one publisher sample, i.e. one CloudWatch period
 (60 s in production), compressed to a few seconds. The rules modelled:
 
-* target tracking: ``capacity = ceil(running * BacklogPerTask / target)``,
+* target tracking: ``capacity = ceil(desired * BacklogPerTask / target)``,
   clamped to [min, max]. AWS acts only once its managed alarms fire: the high
   alarm after 3 datapoints above the target, the low alarm after 15 below 90 %
   of it (compressed here to a few cycles). Proportional math cannot leave 0
@@ -140,9 +140,10 @@ def clamp(capacity: int, policies: ServicePolicies) -> int:
     return max(policies.min_capacity, min(policies.max_capacity, capacity))
 
 
-def tracking_capacity(running: int, backlog_per_task: float, target_value: float) -> int:
-    """Target tracking's proportional answer, unclamped: 0 whenever nothing runs."""
-    return math.ceil(round(running * backlog_per_task / target_value, 6))  # round: 3 * (7/3) is 7.000000000000001
+def tracking_capacity(desired: int, backlog_per_task: float, target_value: float) -> int:
+    """Target tracking's proportional answer on the scalable target's capacity (an ECS service's desired
+    count), unclamped: 0 at 0 desired."""
+    return math.ceil(round(desired * backlog_per_task / target_value, 6))  # round: 3 * (7/3) is 7.000000000000001
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def next_alarms(alarms: TrackingAlarms, backlog_per_task: float | None, target_v
 
 
 def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_task: float | None,
-                 running: int, desired: int, scale_in_datapoints: int = TRACKING_SCALE_IN_DATAPOINTS) -> int | None:
+                 desired: int, scale_in_datapoints: int = TRACKING_SCALE_IN_DATAPOINTS) -> int | None:
     """The capacity target tracking sets this cycle, or None when it does not act.
 
     It scales out once the high alarm has fired, in once the low alarm has
@@ -172,7 +173,7 @@ def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_
     """
     if backlog_per_task is None:
         return None
-    capacity = clamp(tracking_capacity(running, backlog_per_task, policies.target_value), policies)
+    capacity = clamp(tracking_capacity(desired, backlog_per_task, policies.target_value), policies)
     if alarms.high >= TRACKING_SCALE_OUT_DATAPOINTS and capacity > desired:
         return capacity
     if alarms.low >= scale_in_datapoints and capacity < desired:
