@@ -11,8 +11,9 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
 * target tracking: ``capacity = ceil(desired * BacklogPerTask / target)``,
   clamped to [min, max]. AWS acts only once its managed alarms fire: the high
   alarm after 3 datapoints above the target, the low alarm after 15 below 90 %
-  of it (compressed here to a few cycles). Proportional math cannot leave 0
-  running tasks;
+  of it (compressed here to a few cycles). Proportional math gives 0 at 0
+  desired (AWS then adds 1 task; this compressed model leaves that to the step
+  policy, which adds all of them);
 * step scale-out: one datapoint of ``TaskShortfall`` at or above the alarm
   threshold adds the adjustment of the matching step (bounds are relative to
   the threshold, as in ``StepScalingPolicyConfiguration``). It never scales in;
