@@ -128,7 +128,7 @@ class PrefectBacklogPublisher(Construct):
             self.scaling[service.key].scale(service, config.namespace, period)
         self.monitoring = Monitoring(
             self, "Monitoring", config=config, plan=self.plan, function=self.publisher.function,
-            scaling=self.scaling, nested=self.nested_stacks) if monitoring else None
+            log_group=self.publisher.log_group, scaling=self.scaling, nested=self.nested_stacks) if monitoring else None
 
     def _parse(self, given: Mapping[str, Any], services: Sequence[WorkerServiceScaling]) -> Config:
         context = {PUBLISHER_SETTINGS[name]: _plain(self, value) for name, value in given.items() if value is not None}

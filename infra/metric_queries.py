@@ -83,6 +83,14 @@ class MetricQueries:
             expression=f"SEARCH('{query}', '{statistic}', {int(PERIOD.to_seconds())})",
             label=f"{definition.name} (${{PROP('Dim.{label_by}')}})", period=PERIOD)
 
+    def late_by_cause(self) -> cloudwatch.SearchExpression:
+        """Every ECS service's Late runs by cause (published only while non-zero): one line per service and cause."""
+        keys = ",".join(metrics.late_cause_dimensions("", "", ""))
+        query = f"{{{search_string(self.namespace)},{keys}}} MetricName={search_string(metrics.LATE_FLOW_RUNS.name)}"
+        return cloudwatch.SearchExpression(
+            expression=f"SEARCH('{query}', 'Maximum', {int(PERIOD.to_seconds())})",
+            label="${PROP('Dim.ClusterName')}/${PROP('Dim.ServiceName')}: ${PROP('Dim.Cause')}", period=PERIOD)
+
     def insights(self, definition: metrics.MetricDef, function: str, dimension: str, value: str, *,
                  label: str) -> cloudwatch.MathExpression:
         """A Metrics Insights query (allowed in alarms, unlike SEARCH): ``function`` over every queue series

@@ -18,6 +18,7 @@ from aws_cdk import Aws
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
@@ -44,7 +45,8 @@ class Monitoring(Construct):
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: Config, plan: MonitoringPlan,
-                 function: lambda_.IFunction, scaling: Mapping[tuple[str, str], WorkerServiceScaling],
+                 function: lambda_.IFunction, log_group: logs.ILogGroup,
+                 scaling: Mapping[tuple[str, str], WorkerServiceScaling],
                  nested: NestedStacks) -> None:
         super().__init__(scope, construct_id)
         self.config = config
@@ -72,7 +74,7 @@ class Monitoring(Construct):
         def page_scope(number: int) -> tuple[Construct, str]:
             return nested.scope(page_id(number), NESTED_SCOPE), page_id(number)
 
-        self.dashboards = Dashboards(config, plan, WidgetRows(config, plan, queries, function))
+        self.dashboards = Dashboards(config, plan, WidgetRows(config, plan, queries, function, log_group))
         self.dashboard = self.dashboards.build(self, self.alarms.shown, page_scope)
         # The overview names alarms that nested stacks create: deploy it once they exist.
         for _, stack in nested.ordered():

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import re
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from prefect_backlog import metrics
 from prefect_backlog.config import DAY, HOUR, WEEK, Config, QueueConfig, ServiceConfig, schedule_interval_seconds
+from prefect_backlog.late_cause import ADVICE
 
 from ..ids import construct_id
 from ..metric_queries import PERIOD, MetricQueries
@@ -101,6 +102,19 @@ class Alarms:
             self.shown.append(name)
         return alarm
 
+    def _with_late_advice(self, text: str) -> str:
+        """An oldest-Late alarm's description: what fired, then where the cause is (it changes between samples; a
+        description cannot) and what to do for each cause; the list alone gives way when long names leave it no
+        room (the dashboard's "What to do, by cause" widget holds it too)."""
+        overview = (f"https://console.aws.amazon.com/cloudwatch/home?region={Aws.REGION}"
+                    f"#dashboards:name={self.config.stack_name}")
+        where = f'Why: the "Why runs are Late" widgets on {overview} name the cause per queue.'
+        causes = "; ".join(f"{cause}: {advice}" for cause, advice in ADVICE.items())
+        full = f"{text} {where} What to do: by cause, {causes}."
+        if len(" ".join(full.split())) <= MAX_DESCRIPTION:
+            return full
+        return f"{text} {where} What to do: see the dashboard's list by cause."
+
     def scale_out(self, service: ServiceConfig, scaling: WorkerServiceScaling) -> None:
         """Name the step policy's alarm (CDK leaves it to CloudFormation), so the overview can show it by name."""
         upper = scaling.step_scaling.upper_alarm
@@ -180,12 +194,9 @@ class Alarms:
             metric=self.queries.queue_alarm(queue, metrics.OLDEST_LATE_RUN_AGE, "MAX"),
             threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
-            description=f"""A flow run of work queue {name} has been Late for more than {threshold} s: no
-            agent/worker picked it up when it was due. Served by ECS service {service.cluster}/{service.service}
-            (max {service.max_capacity} tasks). What to do: on the dashboard, check whether the service is at
-            its maximum (raise maxCapacity), whether its running tasks poll this queue (SecondsSinceLastPolled;
-            task logs, image, work pool and queue names), and whether the queue or its pool is paused or at a
-            concurrency limit in Prefect.""")
+            description=self._with_late_advice(f"""A flow run of work queue {name} has been Late for more than
+            {threshold} s: no agent/worker picked it up when it was due. Served by ECS service
+            {service.cluster}/{service.service} (max {service.max_capacity} tasks)."""))
 
         blocked_description = f"""Flow runs are due on work queue {name} but cannot start, and have not
             for {SUSTAINED_MINUTES} minutes: the queue or its work pool is paused in Prefect (QueuePaused), or its
@@ -253,11 +264,9 @@ class Alarms:
             scope, f"{cid}-OldestLate", f"oldest Late run in pool {pool}", metric=worst(metrics.OLDEST_LATE_RUN_AGE),
             threshold=threshold, comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1, datapoints=1, missing=cloudwatch.TreatMissingData.MISSING,
-            description=f"""A flow run in a queue of work pool {pool} has been Late for more than {threshold} s:
-            no agent/worker picked it up when it was due. Which queue: the pool's row on the dashboard. What to
-            do: check whether its ECS service is at maxCapacity (at-max alarm), whether the queue or pool is
-            paused or its concurrency limit used up (QueuePaused, ConcurrencyLimited), whether its workers poll
-            (SecondsSinceLastPolled, OnlineWorkers) and the worker tasks' logs.""")
+            description=self._with_late_advice(f"""A flow run in a queue of work pool {pool} has been Late for
+            more than {threshold} s: no agent/worker picked it up when it was due. Which queue: the pool's row on
+            the dashboard."""))
         self._alarm(
             scope, f"{cid}-Stuck", f"runs stuck in Pending in pool {pool}",
             metric=worst(metrics.STUCK_PENDING_FLOW_RUNS),

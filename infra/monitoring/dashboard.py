@@ -102,7 +102,7 @@ class Dashboards:
     def build(self, overview_scope: Construct, status: Sequence[str],
               page_scope: Callable[[int], tuple[Construct, str]]) -> cloudwatch.Dashboard:
         """``status`` names every alarm to show; ``page_scope(n)`` gives dashboard n's scope and stack id."""
-        head = [self._title(), *self._status(overview_scope, status), self.rows.publisher()]
+        head = [self._title(), *self._status(overview_scope, status), self.rows.publisher(), self.rows.late_causes()]
         inline = [*self._detail_rows(self.plan.queues, self.plan.pools),
                   *(self.rows.service(s) for s in self.config.services)]
         if _count(head) + _count(inline) <= WIDGET_BUDGET:

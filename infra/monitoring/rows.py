@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 
 from prefect_backlog import metrics
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
+from prefect_backlog.late_cause import ADVICE, FIELD_CAUSE, FIELD_DETAIL, FIELD_LATE, FIELD_QUEUE
 
 from ..metric_queries import PERIOD, MetricQueries
 from .alarms import SUSTAINED_MINUTES
@@ -23,14 +25,16 @@ Row = list[cloudwatch.IWidget]
 
 
 class WidgetRows:
-    """Builds rows for one configuration; the publisher's row also needs its function (Lambda metrics)."""
+    """Builds rows for one configuration; the publisher's row also needs its function (Lambda metrics), the
+    Late causes' row its log group (the line it writes per Late queue)."""
 
     def __init__(self, config: Config, plan: MonitoringPlan, queries: MetricQueries,
-                 function: lambda_.IFunction) -> None:
+                 function: lambda_.IFunction, log_group: logs.ILogGroup) -> None:
         self.config = config
         self.plan = plan
         self.queries = queries
         self.function = function
+        self.log_group = log_group
 
     def alarms_summary(self) -> str:
         config = self.config
@@ -70,6 +74,27 @@ class WidgetRows:
                       fn.metric_throttles(statistic="Sum", period=PERIOD, label="Throttles"),
                       fn.metric_invocations(statistic="Sum", period=PERIOD, label="Invocations")],
                 left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
+        ]
+
+    def late_causes(self) -> Row:
+        """Why runs are Late (late_cause.py): by ECS service and cause, per queue with its detail, what to do."""
+        advice = "\n".join(f"- `{cause}`: {text}" for cause, text in ADVICE.items())
+        return [
+            cloudwatch.TextWidget(width=24, height=1, markdown=(
+                "## Why runs are Late: one cause per queue with Late runs, from what the publisher read")),
+            cloudwatch.GraphWidget(
+                title="Late runs by ECS service and cause", width=8, height=7, stacked=True,
+                left=[self.queries.late_by_cause()], left_y_axis=cloudwatch.YAxisProps(min=0, show_units=False)),
+            cloudwatch.LogQueryWidget(
+                title="Queues with Late runs: latest cause and what was seen", width=10, height=7,
+                log_group_names=[self.log_group.log_group_name], view=cloudwatch.LogQueryVisualizationType.TABLE,
+                query_lines=[
+                    f"filter ispresent({FIELD_CAUSE})",
+                    f"stats latest({FIELD_LATE}) as lateRuns, latest({FIELD_CAUSE}) as cause, "
+                    f"latest({FIELD_DETAIL}) as detail, max(@timestamp) as seen by {FIELD_QUEUE}",
+                    "sort seen desc",
+                    "limit 100"]),
+            cloudwatch.TextWidget(width=6, height=7, markdown="### What to do, by cause\n" + advice),
         ]
 
     def queue(self, queue: QueueConfig) -> Row:

@@ -24,6 +24,7 @@ from typing import Any
 
 from prefect_backlog.aws.ecs import EcsTaskClient
 from prefect_backlog.config import ConfigError, parse_config
+from prefect_backlog.late_cause import FIELD_CAUSE, FIELD_DETAIL, FIELD_LATE, FIELD_QUEUE
 from prefect_backlog.prefect_api import PrefectClient, authorization_header
 from prefect_backlog.report import QueueResult, TickReport, metric_data
 from prefect_backlog.tick import run_tick
@@ -145,9 +146,9 @@ def _queue_json(report: TickReport, queue: QueueResult) -> dict[str, Any]:
     """One read queue: its Late runs and, when it has some, why (lateCause, lateCauseDetail)."""
     assert queue.backlog is not None and queue.resolved is not None
     cause = report.late_causes.get(queue.config.index)
-    return {"queue": queue.resolved.path, "late": queue.backlog.late, "due": queue.backlog.due,
-            "demand": queue.demand, "lateCause": cause.cause if cause else None,
-            "lateCauseDetail": cause.detail if cause else None}
+    return {FIELD_QUEUE: queue.resolved.path, FIELD_LATE: queue.backlog.late, "due": queue.backlog.due,
+            "demand": queue.demand, FIELD_CAUSE: cause.cause if cause else None,
+            FIELD_DETAIL: cause.detail if cause else None}
 
 
 def as_json(report: TickReport, publisher: str, now: datetime) -> str:

@@ -28,6 +28,22 @@ LateCauseName = Literal["paused", "concurrency-limit", "no-worker", "at-max-capa
 LATE_CAUSES: tuple[LateCauseName, ...] = ("paused", "concurrency-limit", "no-worker", "at-max-capacity",
                                           "tasks-not-starting", "scaling-out", "unknown")
 
+# What to do for each cause, in a few words: the dashboard's and the oldest-Late alarm's advice and the README's
+# table (a test keeps the README's in step).
+ADVICE: dict[LateCauseName, str] = {
+    "paused": "resume the queue or pool, unless deliberate",
+    "concurrency-limit": "raise the limit, or free slots stuck runs hold",
+    "no-worker": "check the worker tasks' logs, pool and queue names",
+    "at-max-capacity": "raise maxCapacity (mind the Fargate quota)",
+    "tasks-not-starting": "read the ECS service's events (capacity, subnet IPs, image pull, throttling)",
+    "scaling-out": "nothing, tasks are starting",
+    "unknown": "check the workers' --limit and logs",
+}
+
+# The fields of the publisher's log line per Late queue (tick.py writes it, the dashboard's Logs Insights
+# widget reads it, the dry run's JSON uses the same keys).
+FIELD_QUEUE, FIELD_LATE, FIELD_CAUSE, FIELD_DETAIL = "queue", "late", "lateCause", "lateCauseDetail"
+
 # A Fargate task pulls its image and starts in about two minutes (config.DEFAULT_PREWARM_SECONDS); desired above
 # running for longer than this (with room for a slow pull) means the tasks are not starting.
 TASK_START_SECONDS = 300

@@ -23,6 +23,7 @@ from prefect_backlog.aws.task_protection import ProtectionLedger, ServiceProtect
 from prefect_backlog.backlog import QueueCounts, RunFacts, limit_reached
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 from prefect_backlog.fanout import Fanout
+from prefect_backlog.late_cause import FIELD_CAUSE, FIELD_DETAIL, FIELD_LATE, FIELD_QUEUE
 from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
 from prefect_backlog.protection import LABELS_WORKER, Holding, holding_runs, orphaned_in_a_row, why_unlabelled
 from prefect_backlog.remediation import crash_orphaned_runs, reschedule_stuck_runs
@@ -349,7 +350,7 @@ def _log_late_causes(report: TickReport) -> None:
         path = queue.resolved.path if queue.resolved else queue.config.path
         late = queue.backlog.late if queue.backlog else 0
         log.info(f"queue {path}: {late} Late run(s), cause {cause.cause}: {cause.detail}",
-                 extra={"queue": path, "late": late, "lateCause": cause.cause, "lateCauseDetail": cause.detail})
+                 extra={FIELD_QUEUE: path, FIELD_LATE: late, FIELD_CAUSE: cause.cause, FIELD_DETAIL: cause.detail})
 
 
 def _log_unread(report: TickReport) -> None:

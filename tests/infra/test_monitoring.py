@@ -20,6 +20,7 @@ from infra.metric_queries import insights_string, search_string
 from infra.monitoring.alarms import MAX_DESCRIPTION, publisher_window
 from prefect_backlog import metrics
 from prefect_backlog.config import schedule_interval_seconds
+from prefect_backlog.late_cause import ADVICE, LATE_CAUSES
 from tests.infra.synth import REPO, Templates, nag_checked_app, synth
 
 # One queue in a known pool, defaults everywhere: no email, 600 s Late threshold, a 1-minute publisher.
@@ -150,6 +151,29 @@ def test_dashboard_shows_every_alarm_and_the_scale_out_alarms(full: Templates) -
     assert '"Fn::GetAtt"' not in body  # no reference into another stack
 
 
+def test_overview_shows_late_runs_by_cause_and_what_to_do(plain: Templates) -> None:
+    """The publisher's LateFlowRuns per service and Cause, its log line per Late queue, and the advice."""
+    body = dashboard_body(plain)
+    search = ("SEARCH('{\\\"Prefect\\\",ClusterName,ServiceName,Cause} MetricName=\\\"LateFlowRuns\\\"', "
+              "'Maximum', 60)")
+    assert search in body
+    assert "${PROP('Dim.Cause')}" in body
+    (log_group,) = plain.find_resources("AWS::Logs::LogGroup")
+    start = body.index('"query":"SOURCE ')  # the Logs Insights widget
+    query = body[start:body.index('"region"', start)]
+    assert f'SOURCE \'{{"Ref": "{log_group}"}}\'' in query  # the publisher's own log group, in the same stack
+    assert "filter ispresent(lateCause)" in query and "by queue" in query
+    assert '"view":"table"' in body
+    for cause in LATE_CAUSES:
+        assert f"- `{cause}`: {ADVICE[cause]}" in body, cause
+
+
+def test_a_big_fleets_overview_keeps_the_late_causes(fleet: tuple[Any, Templates]) -> None:
+    _, template = fleet
+    body = dashboard_body(template)
+    assert "Why runs are Late" in body and "ClusterName,ServiceName,Cause}" in body
+
+
 # --- alarms ----------------------------------------------------------------------------
 
 
@@ -216,6 +240,32 @@ def test_oldest_late_alarm_per_queue_uses_the_configured_threshold(plain: Templa
         "Namespace": "Prefect", "MetricName": "OldestLateRunAgeSeconds",
         "Dimensions": [{"Name": "WorkPool", "Value": "ecs-pool"}, {"Name": "WorkQueue", "Value": "default"}]}
     assert alarm(full, "Full oldest Late run pool-a/default")["Threshold"] == 900
+
+
+def test_oldest_late_alarms_point_at_the_cause_and_say_what_to_do_for_each(
+        plain: Templates, fleet: tuple[Any, Templates]) -> None:
+    for template, name in ((plain, "Plain oldest Late run ecs-pool/default"),
+                           (fleet[1], "Fleet oldest Late run in pool pool-3")):
+        description = flatten(alarm(template, name)["AlarmDescription"])
+        stack = name.split()[0]
+        assert ('https://console.aws.amazon.com/cloudwatch/home?region={"Ref": "AWS::Region"}'
+                f'#dashboards:name={stack}') in description
+        for cause in LATE_CAUSES:
+            assert f"{cause}: {ADVICE[cause]}" in description, (name, cause)
+
+
+def test_long_names_give_up_the_advice_list_not_the_synth() -> None:
+    """Queue names have no length limit in Prefect; CloudWatch's AlarmDescription has 1,024 characters."""
+    pool, queue = "p" * 150, "q" * 150
+    _, template = synth({"prefectApiUrl": "http://prefect.internal:4200/api", "stackName": "Long",
+                         "queues": [{"workPool": pool, "workQueue": queue, "cluster": "c", "service": "s",
+                                     "maxCapacity": 2}]})
+    (props,) = [r["Properties"] for r in template.find_resources("AWS::CloudWatch::Alarm").values()
+                if r["Properties"].get("AlarmName", "").startswith("Long oldest Late run ")]  # name cut at 255
+    description = flatten(props["AlarmDescription"])
+    assert len(description) <= MAX_DESCRIPTION
+    assert "dashboards:name=Long" in description and "see the dashboard's list by cause" in description
+    assert ADVICE["paused"] not in description
 
 
 def test_oldest_late_alarm_for_a_queue_without_work_pool_uses_metrics_insights(full: Templates) -> None:

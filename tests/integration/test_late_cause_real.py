@@ -1,4 +1,4 @@
-"""Why is it Late, against real Prefect 3 and 2.18 servers: the dry run's JSON names each queue's cause.
+"""Why is it Late, against real Prefect 3.8, 3.9 and 2.18 servers: the dry run's JSON names each queue's cause.
 
 Four queues, each Late for its own reason, built through the REST API only: one no worker ever polled, one
 paused, one whose concurrency limit a Running run holds, and one a worker polls (``get_scheduled_flow_runs``,
@@ -21,10 +21,10 @@ from prefect_backlog import dry_run
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("version", ["3", "2"])
+@pytest.mark.parametrize("version", ["3", "3.9", "2"])
 def test_the_dry_run_names_four_causes(version: str, request: pytest.FixtureRequest, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    server: PrefectServer = request.getfixturevalue(f"prefect{version}_server")
+    server: PrefectServer = request.getfixturevalue(f"prefect{version.replace('.', '')}_server")
     api = BacklogClient(server.api_url)
     pool = f"late-{uuid.uuid4().hex[:8]}"
     targets = {name: api.target(pool, name) for name in ("unpolled", "paused", "limited", "full")}

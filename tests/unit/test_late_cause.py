@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from prefect_backlog import dry_run
 from prefect_backlog.aws.ecs import describe_services
 from prefect_backlog.late_cause import (
+    ADVICE,
     ECS_EVENT_WINDOW_SECONDS,
+    LATE_CAUSES,
     TASK_START_SECONDS,
     LateFacts,
     ServiceEvent,
@@ -165,3 +168,32 @@ def test_a_warm_container_remembers_since_when_a_service_is_short_of_tasks() -> 
     later = T0 + timedelta(seconds=TASK_START_SECONDS + 1)
     assert _short_for({key: TaskCounts(running=1, desired=2)}, warm, later) == {key: TASK_START_SECONDS + 1}
     assert _short_for({key: TaskCounts(running=2, desired=2)}, warm, later) == {}  # caught up: the wait ends
+
+
+def test_every_cause_has_advice_and_the_readme_table_says_the_same() -> None:
+    assert tuple(ADVICE) == LATE_CAUSES
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[3].strip() for line in readme.splitlines()
+            if line.startswith("| `") and line.split("|")[1].strip(" `") in LATE_CAUSES}
+    assert rows == ADVICE
+
+
+def test_the_log_line_per_late_queue_carries_the_fields_the_dashboard_reads(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fields, as the Lambda's JSON logger puts them at the top level of the line (Logs Insights' fields)."""
+    prefect.add_runs("pool-a", "default", 2, "SCHEDULED", "Late", minutes_ago=3)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("prefect_backlog")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the Lambda logs at INFO (POWERTOOLS_LOG_LEVEL)
+    logger.addHandler(handler)
+    try:
+        assert dry_run.main(["--context", str(context_file), "--json"]) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    (record,) = [r for r in records if hasattr(r, "lateCause")]
+    assert (record.queue, record.late, record.lateCause) == ("pool-a/default", 2, "no-worker")  # type: ignore[attr-defined]
+    assert record.lateCauseDetail.startswith("no agent/worker")  # type: ignore[attr-defined]
