@@ -52,11 +52,11 @@ prefect-venvs:
 integration: setup prefect-venvs
 	$(PY) -m pytest -m integration
 
-## One publisher run against any Prefect API, printing what would be published: make dry-run ARGS="--api-url http://127.0.0.1:4200/api"
+## One publisher run against any Prefect API, printing what would be published: make dry-run ARGS="--api-url http://127.0.0.1:4200/api --queue my-pool/default"
 # Quiet: stdout holds only the dry run's own output (with --json, only JSON); setup talks on stderr.
+# Scripts call scripts/dry-run directly: make exits 2 on any failure, the script keeps the dry run's 1 or 2.
 dry-run:
-	@$(MAKE) --no-print-directory setup >&2
-	@$(PY) -m prefect_backlog.dry_run $(ARGS)
+	@bash scripts/dry-run $(ARGS)
 
 ## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server, server CPU included (~7 min); docs/performance.md
 bench: setup

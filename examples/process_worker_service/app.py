@@ -5,7 +5,7 @@ Process worker per task); the autoscaler attaches to the service object. With
 the library installed (``pip install prefect-ecs-autoscaler``, or ``pip install
 <path to this repository>``), from this directory:
 
-    npx cdk@2.1148.0 synth    # or deploy
+    npx cdk@2.1148.1 synth    # or deploy
 """
 
 from __future__ import annotations

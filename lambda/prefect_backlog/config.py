@@ -14,6 +14,7 @@ user fixes their ``cdk.json`` in one pass instead of one error per synth.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -447,7 +448,10 @@ def _merge_services(problems: Problems, entries: Iterable[_QueueEntry]) -> tuple
                 problems.add(f"queues[{group[0].queue.index}].{setting.key}",
                              f"is required (at least one entry for ECS service {cluster}/{service} must give it)")
         chosen.setdefault("max_capacity", max(chosen["min_capacity"], 1))  # missing: already reported
-        if chosen["max_capacity"] < chosen["min_capacity"]:
+        # One entry giving both was reported already (its own check); this is for values from different entries.
+        one_entry = any(e.service_settings.get("min_capacity", 0) > e.service_settings.get("max_capacity", math.inf)
+                        for e in group)
+        if chosen["max_capacity"] < chosen["min_capacity"] and not one_entry:
             problems.add(f"queues[{group[0].queue.index}].maxCapacity",
                          f"ECS service {cluster}/{service}: maxCapacity {chosen['max_capacity']} is below "
                          f"minCapacity {chosen['min_capacity']}")

@@ -4,9 +4,14 @@
 
 Needs no AWS credentials: nothing is sent to CloudWatch, and ECS task counts
 are taken as given by ``--running-tasks`` (default 0, the scale-from-zero
-case) unless ``--ecs`` asks the real ECS API. Credentials for a protected
-Prefect API come from the same variables the Prefect client uses:
-PREFECT_API_KEY (bearer) or PREFECT_API_AUTH_STRING (``user:pass``, basic).
+case) unless ``--ecs`` asks the real ECS API. The queues are the context's
+(the example cdk.json's, by default) unless ``--queue pool/queue`` names yours.
+Credentials for a protected Prefect API come from the same variables the
+Prefect client uses: PREFECT_API_KEY (bearer; used whenever it is set) or
+PREFECT_API_AUTH_STRING (``user:pass``, basic, when prefectAuth says so).
+
+Exit codes: 0 read, 1 nothing could be read (or ECS, with --ecs), 2 bad
+configuration or usage.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -57,6 +63,20 @@ class AssumedTaskCounts:
 
 class UsageError(Exception):
     """The dry run cannot start as asked (exit code 2); the message says what to do."""
+
+
+QUEUE_MAX_CAPACITY = 10  # for --queue: a service's maxCapacity, which the dry run has no other source for
+
+
+def queue_entry(path: str) -> dict[str, Any]:
+    """A ``queues`` entry for ``--queue pool/queue``: the queue on an ECS service of its own (cluster dry-run)."""
+    pool, sep, queue = path.partition("/")
+    if not sep or not pool or not queue:
+        raise UsageError(f"--queue {path!r}: give it as work-pool/work-queue, for example my-pool/default")
+    # Named after the queue where ECS allows it (letters, digits, '-', '_', '.'), so the tables read alike.
+    service = re.sub(r"[^A-Za-z0-9_.\-]", "-", f"{pool}-{queue}").lstrip("-_.")[:255] or "queue"
+    return {"workPool": pool, "workQueue": queue, "cluster": "dry-run", "service": service,
+            "maxCapacity": QUEUE_MAX_CAPACITY}
 
 
 def ecs_client() -> EcsTaskClient:
@@ -166,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a cdk.json whose context holds the configuration (default: ./cdk.json)")
     parser.add_argument("--api-url", help="override prefectApiUrl, e.g. http://127.0.0.1:4200/api")
     parser.add_argument("--queues", help="override queues with a JSON list, as `cdk -c queues=...` takes")
+    parser.add_argument("--queue", action="append", metavar="POOL/QUEUE", default=[],
+                        help="read this work pool's queue instead of the context's queues (repeatable); each "
+                             f"gets an ECS service of its own named after it, maxCapacity {QUEUE_MAX_CAPACITY}")
     parser.add_argument("--running-tasks", type=int, default=0,
                         help="running/desired tasks to assume for every ECS service (default 0)")
     parser.add_argument("--ecs", action="store_true", help="read task counts from ECS (needs AWS credentials)")
@@ -180,8 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.api_url:
         context["prefectApiUrl"] = args.api_url
+    if args.queues and args.queue:
+        print("give --queues or --queue, not both", file=sys.stderr)
+        return 2
     if args.queues:
         context["queues"] = args.queues
+    if args.queue:
+        try:
+            context["queues"] = [queue_entry(path) for path in args.queue]
+        except UsageError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         config = parse_config(context)
     except ConfigError as exc:
@@ -195,6 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"prefectAuth is configured: set {variable} to the credential", file=sys.stderr)
             return 2
         authorization = authorization_header(config.auth.scheme, os.environ[variable])
+    elif os.environ.get(CREDENTIAL_VARIABLES["bearer"]):
+        # A Prefect Cloud key in the environment, as the Prefect CLI takes it; the deployed publisher reads
+        # its credential from Secrets Manager only (prefectAuth).
+        print(f"using {CREDENTIAL_VARIABLES['bearer']} as a bearer credential (prefectAuth is not configured)",
+              file=sys.stderr)
+        authorization = authorization_header("bearer", os.environ[CREDENTIAL_VARIABLES["bearer"]])
 
     ecs: EcsTaskClient
     if args.ecs:
@@ -218,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.signal is None and s.demand is not None for s in report.services)
     if ecs_unread:
         print("ECS could not be read for any service (see the notes above): no scaling signal was computed",
+              file=sys.stderr)
+    if report.queues and all(q.backlog is None for q in report.queues) and not args.queue and not args.queues:
+        print(f"no queue could be read; they come from {args.context}: name yours with --queue pool/queue",
               file=sys.stderr)
     return 1 if report.whole_failure or ecs_unread else 0
 

@@ -140,3 +140,8 @@ def _packaged_config(templates: Templates, out: Path) -> Any:
     asset_hash = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")  # cdk.out/asset.<hash>: its files
     package = out / f"asset.{asset_hash}"
     return json.loads((package / "prefect_backlog" / "publisher_config.json").read_text())
+
+
+def test_the_example_names_the_cdk_cli_the_project_pins() -> None:
+    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["aws-cdk"]
+    assert f"npx cdk@{pinned} " in (EXAMPLE / "app.py").read_text()

@@ -113,6 +113,25 @@ def test_iam_is_least_privilege(several: Any) -> None:
     assert not any(a.endswith(":*") or a == "*" for a in all_actions)
 
 
+def test_the_grants_on_star_are_the_ones_the_readme_lists(one: Any, several: Any) -> None:
+    """Unconditioned: X-Ray always, the VPC network-interface actions only with ``network`` (PutMetricData is on
+    "*" too, under its namespace condition); the secret read also describes the secret."""
+    def on_star(template: Templates) -> set[str]:
+        return {a for st in statements(template) if st["Resource"] == "*" and "Condition" not in st
+                for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+
+    xray = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    eni = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+           "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+    assert on_star(one[1]) == xray
+    assert on_star(several[1]) == xray | eni
+    secret = statement_for(several[1], "secretsmanager:GetSecretValue")
+    assert set(secret["Action"]) == {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for action in sorted(xray | eni | set(secret["Action"])):
+        assert action.split(":")[1] in readme, action
+
+
 def test_task_protection_may_touch_only_the_configured_clusters_tasks(several: Any) -> None:
     _, template = several
     listing = statement_for(template, "ecs:ListTasks")

@@ -253,7 +253,8 @@ def test_persistent_500_for_one_pool(fleet: Fleet, proxy: FaultProxy, services: 
                                      publisher_log: LogRecords) -> None:
     proxy.add(Rule(for_queues(fleet.queue_ids(1)), Respond(500, '{"detail": "Internal Server Error"}'), name="500"))
     outcome = run(fleet.config(proxy.api_url), services)
-    check(outcome, services, fleet, publisher_log, failed={1}, cause=f"HTTP 500, gave up after {MAX_ATTEMPTS}")
+    check(outcome, services, fleet, publisher_log, failed={1},
+          cause=f"HTTP 500 from 127.0.0.1:{proxy.port}, gave up after {MAX_ATTEMPTS}")
     assert len(proxy.handled_by("500")) == 2 * MAX_ATTEMPTS  # both reads of the pool, each retried
 
 
@@ -311,14 +312,14 @@ def test_401_half_way_through(fleet: Fleet, proxy: FaultProxy, services: MotoAws
     proxy.add(Rule(for_queues(fleet.queue_ids(0)), Respond(401, '{"exception_message": "Unauthorized"}'),
                    name="401"))
     outcome = run(fleet.config(proxy.api_url), services)
-    assert outcome.report.whole_failure and "rejected the credentials" in outcome.report.whole_failure
+    assert outcome.report.whole_failure and "HTTP 401 from 127.0.0.1" in outcome.report.whole_failure
     check(outcome, services, fleet, publisher_log, failed=set(range(POOLS)), cause="HTTP 401")
     assert len(proxy.handled_by("401")) <= 2  # not retried
 
 
 @pytest.mark.parametrize(("action", "cause", "on_lookup"), [
     (Respond(200, HTML, content_type="text/html; charset=utf-8"), "not JSON (text/html; charset=utf-8)", False),
-    (Respond(502, HTML, content_type="text/html"), "HTTP 502, gave up", False),
+    (Respond(502, HTML, content_type="text/html"), "HTTP 502 from 127.0.0.1", False),
     (Respond(200, '{"detail": "not a list"}'), "expected a JSON list, got dict", False),
     (Drop(), "connection failed", False),
     (Respond(200, HTML, content_type="text/html"), "not JSON (text/html)", True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -289,3 +290,16 @@ def test_service_settings_round_trip_in_every_entry() -> None:
                                                                                          maxCapacity=None)))
     assert [e["prewarmSeconds"] for e in config.to_context()["queues"]] == [90, 90]
     assert parse_config(config.to_context()) == config
+
+
+def test_the_readmes_error_example_is_what_the_parser_says() -> None:
+    """Each problem once, by field: a minCapacity above maxCapacity in one entry is not reported again for its
+    service (that check is for values from different entries)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("Configuration error (cdk.json context or -c options)")
+    shown = readme[start:readme.index("```", start)].strip()
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"prefectApiUrl": "http://p:4200/api", "prefectAuth": "{secret",
+                      "queues": [{"workPool": "p", "workQueue": "q", "cluster": "c", "servcie": "s",
+                                  "minCapacity": 3, "maxCapacity": 1}]})
+    assert shown == f"Configuration error (cdk.json context or -c options): {raised.value}"

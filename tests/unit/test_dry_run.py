@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,64 @@ def test_ecs_that_cannot_be_read_exits_1(prefect: FakePrefect, context_file: Pat
     captured = capsys.readouterr()
     assert "NOT PUBLISHED: DescribeServices c/worker" in captured.out
     assert "no scaling signal was computed" in captured.err
+
+
+def test_queue_on_the_command_line_reads_your_queue_not_the_examples(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prefect.pool("etl")
+    prefect.queue("etl", "nightly")
+    prefect.add_runs("etl", "nightly", 2, "SCHEDULED", "Late", minutes_ago=3)
+    assert dry_run.main(["--context", str(context_file), "--queue", "etl/nightly", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(q["queue"], q["late"]) for q in out["queues"]] == [("etl/nightly", 2)]  # the context's queues are not read
+    assert ("DesiredTasks", ("dry-run", "etl-nightly")) in {
+        (d["MetricName"], tuple(x["Value"] for x in d["Dimensions"])) for d in out["metricData"]}
+    assert dry_run.queue_entry("my pool/q 1")["service"] == "my-pool-q-1"  # ECS allows no spaces
+
+
+@pytest.mark.parametrize("given", ["etl", "etl/", "/nightly"])
+def test_a_queue_that_is_not_pool_slash_queue_exits_2(given: str, context_file: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert dry_run.main(["--context", str(context_file), "--queue", given]) == 2
+    assert f"--queue {given!r}: give it as work-pool/work-queue" in capsys.readouterr().err
+
+
+def test_nothing_read_from_the_contexts_queues_says_where_they_come_from(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    queues = json.dumps([{"workPool": "nope", "workQueue": "x", "cluster": "c", "service": "s", "maxCapacity": 1}])
+    data = json.loads(context_file.read_text())
+    data["context"]["queues"] = json.loads(queues)
+    context_file.write_text(json.dumps(data))
+    dry_run.main(["--context", str(context_file)])
+    assert f"they come from {context_file}: name yours with --queue pool/queue" in capsys.readouterr().err
+
+
+def test_prefect_api_key_is_used_when_set_and_prefect_auth_is_not_configured(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_test")
+    assert dry_run.main(["--context", str(context_file), "--json"]) == 0
+    assert set(prefect.authorizations) == {"Bearer pnu_test"}
+    err = capsys.readouterr().err
+    assert "using PREFECT_API_KEY as a bearer credential" in err and "pnu_test" not in err  # never the key itself
+
+
+def test_a_401_without_credentials_says_none_were_sent_and_names_the_host(
+        prefect: FakePrefect, context_file: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_KEY", raising=False)
+    prefect.faults["/work_queues/filter"] = failing(401)
+    assert dry_run.main(["--context", str(context_file)]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 401 from prefect.test, the API wants credentials and none were sent" in err
+
+
+def test_the_script_keeps_the_dry_runs_exit_codes_that_make_would_turn_into_2() -> None:
+    """scripts/dry-run, as a script calls it: 2 for bad usage, 1 for nothing read (a closed loopback port)."""
+    script = Path(__file__).parents[2] / "scripts" / "dry-run"
+    bad = subprocess.run([str(script), "--queue", "no-slash"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "give it as work-pool/work-queue" in bad.stderr
+    unread = subprocess.run([str(script), "--api-url", "http://127.0.0.1:1/api", "--queue", "a/b", "--timeout", "2",
+                             "--json"], capture_output=True, text=True, timeout=120)
+    assert unread.returncode == 1, unread.stderr
+    assert json.loads(unread.stdout)["summary"]["queueReadErrors"] == 1  # stdout is the JSON alone

@@ -30,24 +30,26 @@ def test_honours_retry_after_on_429(prefect: FakePrefect) -> None:
 
 def test_gives_up_when_retry_after_exceeds_the_deadline(prefect: FakePrefect) -> None:
     prefect.faults["/work_queues/filter"] = failing(429, {"Retry-After": "120"})
-    with pytest.raises(PrefectError, match=r"HTTP 429, and no time is left to retry after 120\.0s"):
+    with pytest.raises(PrefectError, match=r"HTTP 429 from prefect\.test, and no time is left to retry after 120\.0s"):
         client().resolve_queues([queue(0, "default", "pool-a")])
 
 
 def test_persistent_500_gives_up_after_bounded_attempts(prefect: FakePrefect) -> None:
     prefect.faults["/work_queues/filter"] = failing(500)
     c = client()
-    with pytest.raises(PrefectError, match="HTTP 500, gave up after 4 attempts"):
+    with pytest.raises(PrefectError, match=r"HTTP 500 from prefect\.test, gave up after 4 attempts"):
         c.resolve_queues([queue(0, "default", "pool-a")])
     assert c.requests_sent == 4
 
 
 def test_rejected_credentials_are_not_retried(prefect: FakePrefect) -> None:
     prefect.faults["/work_queues/filter"] = failing(401)
-    c = client()
-    with pytest.raises(PrefectAuthError, match="rejected the credentials"):
+    c = client(authorization="Bearer wrong")
+    with pytest.raises(PrefectAuthError, match=r"HTTP 401 from prefect\.test, the API rejected the credentials"):
         c.resolve_queues([queue(0, "default", "pool-a")])
     assert c.requests_sent == 1
+    with pytest.raises(PrefectAuthError, match="wants credentials and none were sent"):
+        client().resolve_queues([queue(0, "default", "pool-a")])
 
 
 def test_html_instead_of_json_is_a_clear_error(prefect: FakePrefect) -> None:

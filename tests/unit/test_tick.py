@@ -158,7 +158,7 @@ def test_a_whole_failure_reports_no_worker_health_even_though_it_was_read(
     prefect.faults["/work_pools/{pool}/workers/filter"] = failing(401)  # raised in the background: dropped
     prefect.worker("pool-a", seconds_ago=5)
     report = tick(parse_config(CONTEXT), aws)
-    assert report.whole_failure is not None and "rejected the credentials" in report.whole_failure
+    assert report.whole_failure is not None and "HTTP 401 from prefect.test" in report.whole_failure
     assert report.pools == {}
     assert published(aws["cloudwatch"], "OnlineWorkers", WorkPool="pool-a") is None
     assert published(aws["cloudwatch"], "QueueReadErrors", Publisher="TestPublisher") == 3
@@ -167,7 +167,7 @@ def test_a_whole_failure_reports_no_worker_health_even_though_it_was_read(
 def test_a_credential_rejected_by_the_worker_read_still_fails_the_tick(
         prefect: FakePrefect, aws: dict[str, Any]) -> None:
     prefect.faults["/work_pools/{pool}/workers/filter"] = failing(401)
-    with pytest.raises(PrefectAuthError, match="rejected the credentials"):
+    with pytest.raises(PrefectAuthError, match="HTTP 401 from prefect.test, the API wants credentials"):
         tick(parse_config(CONTEXT), aws)
     assert published(aws["cloudwatch"], "QueuesRead", Publisher="TestPublisher") is None
 

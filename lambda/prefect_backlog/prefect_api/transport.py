@@ -115,12 +115,14 @@ class PrefectHttp:
                 problem = f"connection failed ({type(exc).__name__} from {self.host})"
             else:
                 if response.status_code in (401, 403):
-                    raise PrefectAuthError(
-                        f"{where}: HTTP {response.status_code}, the API rejected the credentials "
-                        "(check the prefectAuth secret and its scheme)")
+                    raise PrefectAuthError(f"{where}: HTTP {response.status_code} from {self.host}, " + (
+                        "the API rejected the credentials (check the prefectAuth secret and its scheme)"
+                        if "Authorization" in self._session.headers else
+                        "the API wants credentials and none were sent (configure prefectAuth; the dry run "
+                        "also takes PREFECT_API_KEY)"))
                 if response.status_code not in RETRYABLE_STATUS:
                     return self._decode(where, response)
-                problem = f"HTTP {response.status_code}"
+                problem = f"HTTP {response.status_code} from {self.host}"
                 if response.status_code == 429:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if attempt == MAX_ATTEMPTS:
@@ -132,17 +134,18 @@ class PrefectHttp:
             self._sleep(wait)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _decode(where: str, response: requests.Response) -> Any:
+    def _decode(self, where: str, response: requests.Response) -> Any:
         if response.status_code == 404:
-            raise PrefectError(f"{where}: HTTP 404 not found (is prefectApiUrl the API root, ending in /api?)")
+            raise PrefectError(f"{where}: HTTP 404 not found on {self.host} (is prefectApiUrl the API root, "
+                               "ending in /api?)")
         if response.status_code >= 400:
-            raise PrefectError(f"{where}: HTTP {response.status_code}: {response.text[:200]!r}")
+            raise PrefectError(f"{where}: HTTP {response.status_code} from {self.host}: {response.text[:200]!r}")
         try:
             return response.json()
         except ValueError:
             kind = response.headers.get("Content-Type", "unknown content type")
-            raise PrefectError(f"{where}: HTTP {response.status_code} with a body that is not JSON ({kind})") from None
+            raise PrefectError(f"{where}: HTTP {response.status_code} from {self.host} with a body that is not "
+                               f"JSON ({kind})") from None
 
     def items(self, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         page = self.request("POST", path, body)
