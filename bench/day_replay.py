@@ -34,7 +34,7 @@ from typing import Any
 
 from bench import replay_policies as rp
 from bench.days import Day, days
-from bench.deployed import Deployed, deployed_policies
+from harness.aws_model.deployed import Deployed, deployed_policies
 from prefect_backlog.config import DEFAULT_PREWARM_SECONDS, parse_config
 
 CONCURRENCY = 4  # runs one Process-worker task holds at once (its --limit): targetBacklogPerTask

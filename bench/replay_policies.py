@@ -4,7 +4,7 @@ world: what it reads from Prefect and ECS, what it publishes, what it protects.
 Ours decides with the publisher's own pure functions (``prefect_backlog.backlog``: ``queue_demand``,
 ``service_signal``; ``prefect_backlog.protection``: ``holding_runs``, ``plan_protection``,
 ``orphaned_in_a_row``; the protection expiry of ``prefect_backlog.aws.task_protection``), and is scaled by
-the policies of its synthesized template (``bench.deployed``). What AWS does with that comes from the model.
+the policies of its synthesized template (``harness.aws_model.deployed``). What AWS does with that comes from the model.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from bench.deployed import Deployed
 from harness.aws_model.autoscaling import ScalableTarget
+from harness.aws_model.deployed import Deployed
 from harness.aws_model.runs import Run
 from harness.aws_model.target_tracking import TargetTrackingSpec
 from harness.aws_model.world import World

@@ -61,7 +61,7 @@ from typing import Any
 
 from bench import replay_policies as rp
 from bench import running_time
-from bench.deployed import deployed_policies
+from harness.aws_model.deployed import deployed_policies
 from infra.assembly import StackTemplates, read
 from infra.packaging import CONFIG_FILE_NAME
 from prefect_backlog.backlog import DUE_STATE_NAMES

@@ -66,6 +66,7 @@ from moto.server import ThreadedMotoServer
 from demo import simulation as sim
 from demo.chart import BurstMark, ServiceSeries, draw
 from harness.aws_model import ecs as aws_ecs
+from harness.aws_model.deployed import Deployed, deployed_policies
 from harness.backlog import BacklogClient, Target, iso
 from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer, PrefectServerError
@@ -287,13 +288,10 @@ class SimulatedEcs:
         desired = self.desired(key)
         live = self.live(key)
         protected = self.api.protected(cluster, service)
-        start = max(0, desired - len(live))
-        # Victims as ECS picks them (harness.aws_model.ecs): Availability Zones balanced, at random within one,
-        # among the unprotected tasks.
         tasks = [aws_ecs.Task(id=t, az=self.zones[t], created=0, running_at=0, ready_at=0,
                               protected_until=math.inf if t in protected else None) for t in live]
-        stop = tuple(sorted(t.id for t in aws_ecs.choose_victims(tasks, max(0, len(live) - desired), 0, self.rng)))
-        action = sim.ScaleAction(start=start, stop=stop)
+        action = sim.ecs_scale(tasks, desired, self.rng)
+        stop = set(action.stop)
         for _ in range(action.start):
             task_id = f"{self.rng.getrandbits(128):032x}"
             self.zones[task_id] = aws_ecs.spread_az([t for t in tasks if t.id not in stop], self.rng)
@@ -564,7 +562,7 @@ class Timeline:
 @dataclass
 class World:
     config: Config
-    policies: Mapping[ServiceKey, sim.ServicePolicies]
+    policies: Mapping[ServiceKey, Deployed]
     workload: Workload
     ecs: SimulatedEcs
     cloudwatch: Any
@@ -612,7 +610,7 @@ def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], T
         asks: dict[ServiceKey, tuple[int | None, int | None]] = {}
         for service in config.services:
             key, seen, rules = service.key, published[service.key], world.policies[service.key]
-            alarms[key] = sim.next_alarms(alarms[key], seen.backlog_per_task, rules.target_value)
+            alarms[key] = sim.next_alarms(alarms[key], seen.backlog_per_task, rules.tracking.target_value)
             tracking = sim.tracking_ask(rules, alarms[key], seen.backlog_per_task, ecs.desired(key))
             step = sim.step_ask(rules, seen.task_shortfall, ecs.desired(key))
             asks[key] = (tracking, step)
@@ -702,7 +700,7 @@ def outcome(config: Config, rows: Sequence[Row], workload: Workload, cycles: int
             *(f"  {line}" for line in burst_lines(config, rows, cycles))]
 
 
-def chart(path: Path, config: Config, policies: Mapping[ServiceKey, sim.ServicePolicies], rows: Sequence[Row],
+def chart(path: Path, config: Config, policies: Mapping[ServiceKey, Deployed], rows: Sequence[Row],
           timeline: Timeline, interval: float, protection: bool) -> Path:
     """Draw the rows' history, per service, to ``path``."""
     series = []
@@ -717,7 +715,8 @@ def chart(path: Path, config: Config, policies: Mapping[ServiceKey, sim.ServiceP
             protected=[x.protected_tasks for x in p],
             tracking_asks=[r.tracking_ask for r in mine], step_asks=[r.step_ask for r in mine],
             stopped_idle=[len(r.ecs.stopped_idle) for r in mine], stopped_busy=[len(r.ecs.stopped_busy) for r in mine],
-            target_value=policies[service.key].target_value, max_capacity=policies[service.key].max_capacity))
+            target_value=policies[service.key].tracking.target_value,
+            max_capacity=policies[service.key].target.max_capacity))
     bursts = [BurstMark(at=sim.cycle_position(timeline.burst_due[b.name], timeline.cycle_starts, interval),
                         label=(f"scheduled burst due (created at cycle {b.creation_cycle})" if b.announced
                                else "unannounced burst due (created as it came due)"), announced=b.announced)
@@ -769,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        extra_env=LATE_MARKER_ENV))
             endpoint = stack.enter_context(moto_server())
             server_up = time.monotonic() - began
-            by_resource = sim.policies_from_templates(templates().values())
+            by_resource = deployed_policies(templates().values())
             config = parse_config({**context, "prefectApiUrl": server.api_url})
             policies = {s.key: by_resource[s.resource_id] for s in config.services}
             ready = time.monotonic() - began
@@ -777,9 +776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"moto at {endpoint}; the synth finished {max(0.0, ready - server_up):.0f} s after both were up). "
                   "From the synthesized template:")
             for p in policies.values():
-                print(f"  {p.resource_id}: {p.min_capacity}..{p.max_capacity} tasks, target tracking "
-                      f"BacklogPerTask = {p.target_value:g}, step scale-out on TaskShortfall >= "
-                      f"{p.step_threshold:g} (+1..+{max(s.change for s in p.step_adjustments)})")
+                print(f"  {p.resource_id}: {p.target.min_capacity}..{p.target.max_capacity} tasks, target tracking "
+                      f"BacklogPerTask = {p.tracking.target_value:g}, step scale-out on TaskShortfall >= "
+                      f"{p.step.threshold:g} (+1..+{max(s.change for s in p.step.adjustments)})")
 
             ecs = SimulatedEcs([s.key for s in config.services], random.Random(args.seed))
             requests_pool = ThreadPoolExecutor(max_workers=4)

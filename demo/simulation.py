@@ -11,8 +11,9 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
 * target tracking: ``capacity = ceil(desired * BacklogPerTask / target)``,
   clamped to [min, max]. AWS acts only once its managed alarms fire: the high
   alarm after 3 datapoints above the target, the low alarm after 15 below 90 %
-  of it (compressed here to a few cycles). Proportional math cannot leave 0
-  running tasks;
+  of it (compressed here to a few cycles). Proportional math gives 0 at 0
+  desired (AWS then adds 1 task; this compressed model leaves that to the step
+  policy, which adds all of them);
 * step scale-out: one datapoint of ``TaskShortfall`` at or above the alarm
   threshold adds the adjustment of the matching step (bounds are relative to
   the threshold, as in ``StepScalingPolicyConfiguration``). It never scales in;
@@ -35,8 +36,7 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
   protected until the next one, and a scale-in landing first stops its task
   busy: the race that a worker launcher protecting at the claim closes
   (``--protect-at-claim``). Scale-in victims are chosen as
-  ``harness.aws_model.ecs`` chooses them (``ecs_scale`` below is the older,
-  zone-blind rule, kept for its tests).
+  ``harness.aws_model.ecs`` chooses them (``ecs_scale``).
 
 Cooldowns are left out: the step policy's 60 s is one cycle, and the target
 tracking scale-in cooldown only matters after a first scale-in, which here
@@ -46,11 +46,13 @@ already goes to what the backlog needs.
 from __future__ import annotations
 
 import itertools
-import math
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from harness.aws_model import ecs as aws_ecs
+from harness.aws_model.deployed import Deployed
+from harness.aws_model.target_tracking import proportional_capacity
 
 TRACKING_SCALE_OUT_DATAPOINTS = 3  # AWS: 3 one-minute datapoints above the target
 AWS_SCALE_IN_DATAPOINTS = 15  # AWS: the managed low alarm wants 15 one-minute datapoints
@@ -58,92 +60,10 @@ TRACKING_SCALE_IN_DATAPOINTS = 5  # compressed so the demo stays short
 TRACKING_SCALE_IN_RATIO = 0.9  # AWS's low alarm fires below 90 % of the target
 
 
-# --- the deployed parameters, from the template -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class StepAdjustment:
-    """One step of a step scaling policy; bounds are relative to the alarm threshold."""
-
-    lower: float | None  # inclusive; None: minus infinity
-    upper: float | None  # exclusive; None: plus infinity
-    change: int
-
-    def matches(self, breach: float) -> bool:
-        """Whether a metric ``breach`` (metric value minus threshold) falls in this step."""
-        return (self.lower is None or breach >= self.lower) and (self.upper is None or breach < self.upper)
-
-
-@dataclass(frozen=True)
-class ServicePolicies:
-    """The scalable target and both policies the template deploys for one ECS service."""
-
-    resource_id: str  # service/<cluster>/<service>
-    min_capacity: int
-    max_capacity: int
-    target_value: float  # target tracking's BacklogPerTask
-    step_threshold: float  # the step policy's alarm threshold on TaskShortfall
-    step_adjustments: tuple[StepAdjustment, ...]
-
-
-def policies_from_templates(templates: Iterable[Mapping[str, Any]]) -> dict[str, ServicePolicies]:
-    """Every scalable target of a synthesized stack's templates (the root and its nested stacks, where
-    scaling lives: infra/layout.py) with its policies, by ``ResourceId``."""
-    found: dict[str, ServicePolicies] = {}
-    for template in templates:
-        found.update(policies_from_template(template))
-    return found
-
-
-def policies_from_template(template: Mapping[str, Any]) -> dict[str, ServicePolicies]:
-    """Every scalable target of one template with its policies, by ``ResourceId``.
-
-    Policies point at their target with ``ScalingTargetId: {"Ref": ...}`` and
-    alarms at their policy with ``AlarmActions: [{"Ref": ...}]``, always in the same template.
-    """
-    resources: Mapping[str, Any] = template.get("Resources", {})
-
-    def of_type(kind: str) -> dict[str, Mapping[str, Any]]:
-        return {rid: r["Properties"] for rid, r in resources.items() if r["Type"] == kind}
-
-    alarms = of_type("AWS::CloudWatch::Alarm").values()
-    policies = of_type("AWS::ApplicationAutoScaling::ScalingPolicy")
-    found = {}
-    for target_id, target in of_type("AWS::ApplicationAutoScaling::ScalableTarget").items():
-        mine = {pid: p for pid, p in policies.items() if p["ScalingTargetId"] == {"Ref": target_id}}
-        tracking = next(p["TargetTrackingScalingPolicyConfiguration"] for p in mine.values()
-                        if p["PolicyType"] == "TargetTrackingScaling")
-        step_id, step = next((pid, p["StepScalingPolicyConfiguration"]) for pid, p in mine.items()
-                             if p["PolicyType"] == "StepScaling")
-        alarm = next(a for a in alarms if {"Ref": step_id} in a["AlarmActions"])
-        if alarm["ComparisonOperator"] != "GreaterThanOrEqualToThreshold":
-            raise ValueError(f"unexpected step alarm for {target['ResourceId']}: {alarm['ComparisonOperator']}")
-        found[target["ResourceId"]] = ServicePolicies(
-            resource_id=target["ResourceId"],
-            min_capacity=int(target["MinCapacity"]),
-            max_capacity=int(target["MaxCapacity"]),
-            target_value=float(tracking["TargetValue"]),
-            step_threshold=float(alarm["Threshold"]),
-            step_adjustments=tuple(
-                StepAdjustment(lower=s.get("MetricIntervalLowerBound"), upper=s.get("MetricIntervalUpperBound"),
-                               change=int(s["ScalingAdjustment"]))
-                for s in step["StepAdjustments"]),
-        )
-    return found
-
-
 # --- the policies -----------------------------------------------------------------------------
-
-
-def clamp(capacity: int, policies: ServicePolicies) -> int:
-    """``capacity`` within the scalable target's bounds."""
-    return max(policies.min_capacity, min(policies.max_capacity, capacity))
-
-
-def tracking_capacity(desired: int, backlog_per_task: float, target_value: float) -> int:
-    """Target tracking's proportional answer on the scalable target's capacity (an ECS service's desired
-    count), unclamped: 0 at 0 desired."""
-    return math.ceil(round(desired * backlog_per_task / target_value, 6))  # round: 3 * (7/3) is 7.000000000000001
+# The deployed parameters are the AWS model's (``harness.aws_model.deployed``, read from the synthesized
+# template); so are the proportional capacity, the clamp and the step that matches. What is the demo's own is
+# the compressed alarm count below.
 
 
 @dataclass(frozen=True)
@@ -163,7 +83,7 @@ def next_alarms(alarms: TrackingAlarms, backlog_per_task: float | None, target_v
     return TrackingAlarms(high=alarms.high + 1 if above else 0, low=alarms.low + 1 if below else 0)
 
 
-def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_task: float | None,
+def tracking_ask(policies: Deployed, alarms: TrackingAlarms, backlog_per_task: float | None,
                  desired: int, scale_in_datapoints: int = TRACKING_SCALE_IN_DATAPOINTS) -> int | None:
     """The capacity target tracking sets this cycle, or None when it does not act.
 
@@ -173,7 +93,7 @@ def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_
     """
     if backlog_per_task is None:
         return None
-    capacity = clamp(tracking_capacity(desired, backlog_per_task, policies.target_value), policies)
+    capacity = policies.target.clamp(proportional_capacity(desired, backlog_per_task, policies.tracking.target_value))
     if alarms.high >= TRACKING_SCALE_OUT_DATAPOINTS and capacity > desired:
         return capacity
     if alarms.low >= scale_in_datapoints and capacity < desired:
@@ -181,18 +101,13 @@ def tracking_ask(policies: ServicePolicies, alarms: TrackingAlarms, backlog_per_
     return None
 
 
-def step_change(policies: ServicePolicies, task_shortfall: float) -> int | None:
-    """The step adjustment for one ``TaskShortfall`` datapoint, or None when the alarm does not fire."""
-    if task_shortfall < policies.step_threshold:
+def step_ask(policies: Deployed, task_shortfall: float | None, desired: int) -> int | None:
+    """The capacity the step policy sets this cycle (desired + its adjustment), or None when its alarm does not
+    fire on this ``TaskShortfall`` datapoint (or no step matches)."""
+    if task_shortfall is None or not policies.step_alarm.breaches(task_shortfall):
         return None
-    breach = task_shortfall - policies.step_threshold
-    return next((s.change for s in policies.step_adjustments if s.matches(breach)), None)
-
-
-def step_ask(policies: ServicePolicies, task_shortfall: float | None, desired: int) -> int | None:
-    """The capacity the step policy sets this cycle (desired + its adjustment), or None."""
-    change = None if task_shortfall is None else step_change(policies, task_shortfall)
-    return None if change is None else clamp(desired + change, policies)
+    change = policies.step.adjustment(task_shortfall)
+    return None if change is None else policies.target.clamp(desired + change)
 
 
 def next_desired(desired: int, asks: Iterable[int | None]) -> int:
@@ -212,19 +127,17 @@ class ScaleAction:
     stop: tuple[str, ...] = ()
 
 
-def ecs_scale(live: Sequence[str], protected: Collection[str], desired: int, rng: random.Random) -> ScaleAction:
+def ecs_scale(live: Sequence[aws_ecs.Task], desired: int, rng: random.Random) -> ScaleAction:
     """Bring ``live`` tasks towards ``desired`` as the ECS service scheduler does.
 
-    Scale-out starts the missing tasks. Scale-in stops the excess, chosen at
-    random (``rng``) among the tasks not protected from scale-in; protected
-    tasks are skipped, so fewer (or none) may stop and the service stays above
-    ``desired`` until they are released.
+    Scale-out starts the missing tasks. Scale-in stops the excess as ``harness.aws_model.ecs`` picks it:
+    Availability Zones balanced, at random (``rng``) within one, among the tasks not protected from scale-in;
+    protected tasks are skipped, so fewer (or none) may stop and the service stays above ``desired`` until
+    they are released.
     """
     if desired >= len(live):
         return ScaleAction(start=desired - len(live))
-    candidates = sorted(t for t in live if t not in protected)  # sorted: the pick depends on the seed only
-    count = min(len(live) - desired, len(candidates))
-    return ScaleAction(stop=tuple(sorted(rng.sample(candidates, count))))
+    return ScaleAction(stop=tuple(sorted(t.id for t in aws_ecs.choose_victims(live, len(live) - desired, 0, rng))))
 
 
 def split_stopped(stopped: Iterable[str], busy: Collection[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -5,11 +5,13 @@ Two policies work together (when several fire, the larger capacity wins):
 * target tracking on ``BacklogPerTask`` keeps demand / desired tasks at the
   target; it owns scale-in, which it only does after ~15 quiet minutes and
   never on missing data (the publisher sends nothing when a read fails);
-* a step policy on ``TaskShortfall`` that only ever scales *out*: target
-  tracking cannot leave 0 tasks (its proportional math gives 0 * anything)
-  and needs 3 datapoints, while the shortfall alarm fires on one datapoint and
-  adds the missing tasks (see :func:`shortfall_lower_bounds`). It has no lower
-  alarm, so it never fights target tracking on scale-in.
+* a step policy on ``TaskShortfall`` that only ever scales *out*: from 0
+  tasks target tracking adds just 1 task (proportional math gives 0 * anything,
+  so ECS scales out "by the minimum possible amount" on one datapoint: ECS
+  developer guide, service-autoscaling-stepscaling) and otherwise needs 3
+  datapoints, while the shortfall alarm fires on one datapoint and adds all the
+  missing tasks (see :func:`shortfall_lower_bounds`). It has no lower alarm, so
+  it never fights target tracking on scale-in.
 """
 
 from __future__ import annotations

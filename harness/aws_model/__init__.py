@@ -11,6 +11,7 @@ Each module has one job and cites the AWS page behind each rule:
   ALARM, the largest capacity wins, min/max);
 * ``ecs``: an ECS service (desired vs running tasks, start latency, scale-in victims, task protection);
 * ``workers``: Prefect workers polling inside the tasks, and the runs they hold (``runs``: the Prefect side).
+* ``deployed``: our scalable target and policies as the synthesized template deploys them, as this model's specs.
 
 Nothing here reads the publisher's code: the publisher (or any other policy) is a caller that publishes
 datapoints and calls the ECS protection API, as it would against AWS. docs/aws-model.md lists what is

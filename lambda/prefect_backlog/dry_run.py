@@ -25,7 +25,7 @@ from typing import Any
 from prefect_backlog.aws.ecs import EcsTaskClient
 from prefect_backlog.config import ConfigError, parse_config
 from prefect_backlog.prefect_api import PrefectClient, authorization_header
-from prefect_backlog.report import TickReport, metric_data
+from prefect_backlog.report import QueueResult, TickReport, metric_data
 from prefect_backlog.tick import run_tick
 
 CREDENTIAL_VARIABLES = {"bearer": "PREFECT_API_KEY", "basic": "PREFECT_API_AUTH_STRING"}
@@ -105,14 +105,17 @@ def render(report: TickReport, running_note: str) -> str:
         b = q.backlog
         where = q.resolved.path if q.resolved else q.config.label
         if b is None:
-            queue_rows.append([where, "", "", "", "", "", "", "", "", f"NOT READ: {q.error}"])
+            queue_rows.append([where, "", "", "", "", "", "", "", "", "", f"NOT READ: {q.error}"])
             continue
         notes = [f"{n} {what}" for n, what in ((b.cancelling, "cancelling"), (b.paused_runs, "paused"),
                                                 (b.orphaned, "orphaned"), (b.stuck_pending, "stuck Pending")) if n]
         if b.concurrency_limited:
             notes.append("concurrency limit used up")
+        cause = report.late_causes.get(q.config.index)
+        if cause is not None:
+            notes.append(f"Late: {cause.detail}")
         queue_rows.append([where, b.late, b.due, b.upcoming, b.pending, b.running, b.oldest_late_age_seconds,
-                           "yes" if b.paused else "no", q.demand, ", ".join(notes)])
+                           "yes" if b.paused else "no", q.demand, cause.cause if cause else "", ", ".join(notes)])
     service_rows: list[list[Any]] = []
     for s in report.services:
         sig, protection = s.signal, s.protection
@@ -129,8 +132,8 @@ def render(report: TickReport, running_note: str) -> str:
                                  sig.backlog_per_task, sig.task_shortfall, protected, "; ".join(notes)])
     summary = report.summary()
     return "\n\n".join([
-        _table(["queue", "Late", "Due", "Upcoming", "Pending", "Running", "OldestLate(s)", "paused", "demand", "note"],
-               queue_rows),
+        _table(["queue", "Late", "Due", "Upcoming", "Pending", "Running", "OldestLate(s)", "paused", "demand",
+                "Late cause", "note"], queue_rows),
         _table(["ECS service", "Demand", "Running", "Desired", "BacklogPerTask", "TaskShortfall", "Protected",
                 "note"], service_rows),
         f"{running_note}\n{summary['queuesRead']} queues read, {summary['queueReadErrors']} failed, "
@@ -138,10 +141,20 @@ def render(report: TickReport, running_note: str) -> str:
     ])
 
 
+def _queue_json(report: TickReport, queue: QueueResult) -> dict[str, Any]:
+    """One read queue: its Late runs and, when it has some, why (lateCause, lateCauseDetail)."""
+    assert queue.backlog is not None and queue.resolved is not None
+    cause = report.late_causes.get(queue.config.index)
+    return {"queue": queue.resolved.path, "late": queue.backlog.late, "due": queue.backlog.due,
+            "demand": queue.demand, "lateCause": cause.cause if cause else None,
+            "lateCauseDetail": cause.detail if cause else None}
+
+
 def as_json(report: TickReport, publisher: str, now: datetime) -> str:
     return json.dumps({
         "summary": report.summary(),
         "errors": [q.error for q in report.queues if q.error] + [s.error for s in report.services if s.error],
+        "queues": [_queue_json(report, q) for q in report.queues if q.backlog is not None and q.resolved is not None],
         "metricData": [d.to_aws(now, 60) | {"Timestamp": now.isoformat()} for d in metric_data(report, publisher)],
     }, indent=2)
 

@@ -120,5 +120,10 @@ def service_dimensions(cluster: str, service: str) -> dict[str, str]:
     return {"ClusterName": cluster, "ServiceName": service}
 
 
+def late_cause_dimensions(cluster: str, service: str, cause: str) -> dict[str, str]:
+    """LateFlowRuns per ECS service and cause (late_cause.py), published only while non-zero."""
+    return {"ClusterName": cluster, "ServiceName": service, "Cause": cause}
+
+
 def publisher_dimensions(publisher: str) -> dict[str, str]:
     return {"Publisher": publisher}

@@ -26,6 +26,7 @@ from prefect_backlog.backlog import (
     sum_demand,
 )
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
+from prefect_backlog.late_cause import LateCause, LateFacts, late_cause
 from prefect_backlog.prefect_api import PoolWorkers, PrefectError, ResolvedQueue
 
 
@@ -76,6 +77,7 @@ class TickReport:
     prefect_requests: int = 0
     put_metric_data_calls: int = 0
     duration_ms: float = 0.0
+    late_causes: dict[int, LateCause] = field(default_factory=dict)  # by queue config index: queues with Late runs
 
     @property
     def queue_errors(self) -> int:
@@ -145,6 +147,43 @@ def compute_services(config: Config, queues: Sequence[QueueResult],
     return results
 
 
+def late_causes(config: Config, report: TickReport, task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError],
+                short_for: Mapping[tuple[str, str], float]) -> dict[int, LateCause]:
+    """Per queue (config index) with Late runs, why (late_cause.py); ``short_for`` gives, per service, how long
+    its desired count has been above running, as far as this container knows."""
+    signals = {s.config.key: s.signal for s in report.services}
+    causes: dict[int, LateCause] = {}
+    for queue in report.queues:
+        if queue.backlog is None or queue.resolved is None or queue.backlog.late <= 0:
+            continue
+        service = config.service_for(queue.config)
+        tasks = task_counts.get(service.key)
+        known = tasks if isinstance(tasks, TaskCounts) else None
+        signal = signals.get(service.key)
+        cause = late_cause(LateFacts(
+            late=queue.backlog.late, paused=queue.backlog.paused, concurrency_limited=queue.backlog.concurrency_limited,
+            seconds_since_polled=seconds_since(queue.resolved.last_polled, report.now),
+            health_window_seconds=config.unpolled_alarm_seconds,
+            max_capacity=service.max_capacity if known else None,
+            running_tasks=known.running if known else None, desired_tasks=known.desired if known else None,
+            task_shortfall=signal.task_shortfall if signal else None, short_for_seconds=short_for.get(service.key),
+            events=known.events if known else ()), report.now)
+        if cause is not None:
+            causes[queue.config.index] = cause
+    return causes
+
+
+def late_by_cause(report: TickReport) -> dict[tuple[tuple[str, str], str], int]:
+    """Late runs per (service, cause): only the pairs that have some (so nothing is published for the others)."""
+    by_index = {q.config.index: q for q in report.queues}
+    totals: dict[tuple[tuple[str, str], str], int] = {}
+    for index, cause in report.late_causes.items():
+        queue = by_index[index]
+        key = (queue.config.service_key, cause.cause)
+        totals[key] = totals.get(key, 0) + (queue.backlog.late if queue.backlog else 0)
+    return totals
+
+
 def metric_data(report: TickReport, publisher: str) -> list[Datum]:
     """Everything one run publishes. A queue or service that was not read contributes nothing."""
     data: list[Datum] = []
@@ -177,6 +216,10 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
         heartbeat_age = seconds_since(workers.newest_heartbeat, report.now)
         if heartbeat_age is not None:
             data.append(Datum(metrics.SECONDS_SINCE_WORKER_HEARTBEAT, dims, heartbeat_age))
+    # Late runs by cause per service, only while non-zero: each (service, cause) pair is a metric billed only for
+    # the hours it is published (README: Why is it Late).
+    for ((cluster, service_name), cause), late in sorted(late_by_cause(report).items()):
+        data.append(Datum(metrics.LATE_FLOW_RUNS, metrics.late_cause_dimensions(cluster, service_name, cause), late))
     for service in report.services:
         dims = metrics.service_dimensions(*service.config.key)
         # A service whose runs were unread publishes nothing, ProtectedTasks included (its protection was

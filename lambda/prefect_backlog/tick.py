@@ -26,7 +26,7 @@ from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
 from prefect_backlog.protection import LABELS_WORKER, Holding, holding_runs, orphaned_in_a_row, why_unlabelled
 from prefect_backlog.remediation import crash_orphaned_runs, reschedule_stuck_runs
-from prefect_backlog.report import QueueResult, TickReport, compute_services, metric_data
+from prefect_backlog.report import QueueResult, TickReport, compute_services, late_causes, metric_data
 
 log = logging.getLogger("prefect_backlog")
 T = TypeVar("T")
@@ -49,6 +49,9 @@ class WarmState:
     orphaned: set[str] = field(default_factory=set)  # ids of the runs found orphaned in the last sample
     unlabelled_noted: bool = False  # told once per container that the server's runs carry no labels
     rebalancing_noted: set[tuple[str, str]] = field(default_factory=set)  # services told of AZ rebalancing
+    # Per service, since when its desired count has been above running (a cold start forgets: reads as scaling-out
+    # until late_cause.TASK_START_SECONDS have passed again).
+    short_since: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
 
 class PrefectReads(NamedTuple):
@@ -288,6 +291,8 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         report = TickReport(now=now, queues=queues, pools=pools, whole_failure=whole_failure,
                             services=compute_services(config, queues, task_counts, step.services))
         _log_unread(report)
+        report.late_causes = late_causes(config, report, task_counts, _short_for(task_counts, warm, now))
+        _log_late_causes(report)
         if writes and config.reschedule_stuck_pending:
             stuck = [(q.config, run_id) for q in queues if q.backlog for run_id in q.backlog.stuck_pending_ids]
             report.rescheduled = reschedule_stuck_runs(config, client, stuck, now)
@@ -321,6 +326,30 @@ def _note_rebalancing(config: Config, task_counts: Mapping[tuple[str, str], Task
                         f"turn it off for a worker service: aws ecs update-service --cluster {service.cluster} "
                         f"--service {service.service} --availability-zone-rebalancing DISABLED",
                         extra={"ecs_service": service.path})
+
+
+def _short_for(task_counts: Mapping[tuple[str, str], TaskCounts | EcsReadError], warm: WarmState,
+               now: datetime) -> dict[tuple[str, str], float]:
+    """Per service whose desired count is above running, for how long this container has seen it so."""
+    for key, counts in task_counts.items():
+        if not isinstance(counts, TaskCounts):
+            continue  # unread: neither starts nor ends the wait
+        if counts.desired > counts.running:
+            warm.short_since.setdefault(key, now)
+        else:
+            warm.short_since.pop(key, None)
+    return {key: (now - since).total_seconds() for key, since in warm.short_since.items()}
+
+
+def _log_late_causes(report: TickReport) -> None:
+    """One line per queue with Late runs, naming the cause (the fields let Logs Insights group by it)."""
+    by_index = {q.config.index: q for q in report.queues}
+    for index, cause in report.late_causes.items():
+        queue = by_index[index]
+        path = queue.resolved.path if queue.resolved else queue.config.path
+        late = queue.backlog.late if queue.backlog else 0
+        log.info(f"queue {path}: {late} Late run(s), cause {cause.cause}: {cause.detail}",
+                 extra={"queue": path, "late": late, "lateCause": cause.cause, "lateCauseDetail": cause.detail})
 
 
 def _log_unread(report: TickReport) -> None:

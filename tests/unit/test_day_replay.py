@@ -1,5 +1,5 @@
-"""The day replay on small days, with our policies written out as the template deploys them (bench/deployed.py
-reads them from the synthesized template in the bench itself)."""
+"""The day replay on small days, with our policies written out as the template deploys them
+(harness/aws_model/deployed.py reads them from the synthesized template in the bench itself)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from bench import day_replay, replay_policies
 from bench.days import Day, fanout_day
-from bench.deployed import Deployed
 from harness.aws_model.alarms import AlarmSpec, Comparison
 from harness.aws_model.autoscaling import ScalableTarget
+from harness.aws_model.deployed import Deployed
 from harness.aws_model.runs import Run
 from harness.aws_model.step_scaling import StepAdjustment, StepScalingSpec
 from harness.aws_model.target_tracking import TargetTrackingSpec

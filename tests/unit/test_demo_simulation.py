@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Collection, Sequence
 
 import pytest
 
 from demo import simulation as sim
 from demo.run import EcsEvent, demo_context, demo_prewarm_seconds
+from harness.aws_model import ecs as aws_ecs
+from harness.aws_model.alarms import AlarmSpec, Comparison
+from harness.aws_model.autoscaling import ScalableTarget
+from harness.aws_model.deployed import Deployed
+from harness.aws_model.step_scaling import StepAdjustment, StepScalingSpec
+from harness.aws_model.target_tracking import TargetTrackingSpec
 from prefect_backlog.config import parse_config
 
 TASKS = ("a" * 32, "b" * 32, "c" * 32, "d" * 32, "e" * 32, "f" * 32)
+
+
+def scale(live: Sequence[str], protected: Collection[str], desired: int, seed: int) -> sim.ScaleAction:
+    """``sim.ecs_scale`` on ``live`` tasks in one Availability Zone, ``protected`` ones protected."""
+    tasks = [aws_ecs.Task(id=t, az="a", created=0, running_at=0, ready_at=0,
+                          protected_until=math.inf if t in protected else None) for t in live]
+    return sim.ecs_scale(tasks, desired, random.Random(seed))
 
 
 # --- ECS: scale-out and scale-in -------------------------------------------------------------
 
 
 def test_scale_out_starts_the_missing_tasks_and_stops_none() -> None:
-    assert sim.ecs_scale(TASKS[:2], set(), 5, random.Random(1)) == sim.ScaleAction(start=3)
-    assert sim.ecs_scale(TASKS[:2], set(), 2, random.Random(1)) == sim.ScaleAction()
+    assert scale(TASKS[:2], set(), 5, 1) == sim.ScaleAction(start=3)
+    assert scale(TASKS[:2], set(), 2, 1) == sim.ScaleAction()
 
 
 def test_scale_in_stops_the_excess_among_unprotected_tasks_only() -> None:
     protected = set(TASKS[:3])
     for seed in range(50):
-        action = sim.ecs_scale(TASKS, protected, 4, random.Random(seed))
+        action = scale(TASKS, protected, 4, seed)
         assert action.start == 0
         assert len(action.stop) == 2
         assert not set(action.stop) & protected
@@ -32,24 +47,24 @@ def test_scale_in_stops_the_excess_among_unprotected_tasks_only() -> None:
 
 def test_scale_in_skips_protected_tasks_even_if_the_service_stays_above_desired() -> None:
     protected = set(TASKS[:4])
-    action = sim.ecs_scale(TASKS, protected, 1, random.Random(3))
+    action = scale(TASKS, protected, 1, 3)
     assert set(action.stop) == set(TASKS[4:])  # 5 too many, only 2 may go: 4 stay with desired 1
-    assert sim.ecs_scale(TASKS, set(TASKS), 0, random.Random(3)) == sim.ScaleAction()
+    assert scale(TASKS, set(TASKS), 0, 3) == sim.ScaleAction()
 
 
 def test_the_pick_is_random_but_fixed_by_the_seed() -> None:
-    picks = {sim.ecs_scale(TASKS, set(), 3, random.Random(seed)).stop for seed in range(30)}
+    picks = {scale(TASKS, set(), 3, seed).stop for seed in range(30)}
     assert len(picks) > 1  # not always the same tasks (ECS picks at random)
-    assert sim.ecs_scale(TASKS, set(), 3, random.Random(9)) == sim.ecs_scale(TASKS[::-1], set(), 3, random.Random(9))
+    assert scale(TASKS, set(), 3, 9) == scale(TASKS[::-1], set(), 3, 9)
 
 
 def test_without_protection_a_scale_in_below_the_busy_count_must_stop_busy_tasks() -> None:
     busy = set(TASKS[:3])
     for seed in range(30):
-        idle, stopped_busy = sim.split_stopped(sim.ecs_scale(TASKS, set(), 2, random.Random(seed)).stop, busy)
+        idle, stopped_busy = sim.split_stopped(scale(TASKS, set(), 2, seed).stop, busy)
         assert len(idle) + len(stopped_busy) == 4
         assert len(stopped_busy) >= 1  # only 3 idle tasks to stop
-        idle, stopped_busy = sim.split_stopped(sim.ecs_scale(TASKS, busy, 2, random.Random(seed)).stop, busy)
+        idle, stopped_busy = sim.split_stopped(scale(TASKS, busy, 2, seed).stop, busy)
         assert (len(idle), stopped_busy) == (3, ())
 
 
@@ -92,8 +107,55 @@ def test_protected_busy_tasks_survive_a_scale_in_after_claiming_with_concurrency
     claimed = sim.assign_claims([(t, 2) for t in TASKS], 5)
     busy = set(claimed)
     assert busy == set(TASKS[:3])
-    action = sim.ecs_scale(TASKS, busy, 1, random.Random(0))
+    action = scale(TASKS, busy, 1, 0)
     assert set(action.stop) == set(TASKS[3:])
+
+
+# --- the policies: the demo's compressed alarms on the model's arithmetic --------------------------
+
+POLICIES = Deployed(
+    resource_id="service/prefect/worker", target=ScalableTarget(0, 6),
+    tracking=TargetTrackingSpec(target_value=2), tracking_metric="BacklogPerTask",
+    step=StepScalingSpec(threshold=1, adjustments=(StepAdjustment(lower=0, upper=1, change=1),
+                                                   StepAdjustment(lower=1, upper=None, change=3))),
+    step_alarm=AlarmSpec(threshold=1, comparison=Comparison.GE), step_metric="TaskShortfall")
+
+
+def alarms_after(values: Sequence[float | None]) -> sim.TrackingAlarms:
+    alarms = sim.TrackingAlarms()
+    for value in values:
+        alarms = sim.next_alarms(alarms, value, POLICIES.tracking.target_value)
+    return alarms
+
+
+def test_tracking_scales_out_on_the_third_datapoint_above_the_target_on_desired() -> None:
+    assert sim.tracking_ask(POLICIES, alarms_after([3, 3]), 3, desired=2) is None  # 2 datapoints: not yet
+    assert sim.tracking_ask(POLICIES, alarms_after([3, 3, 3]), 3, desired=2) == 3  # ceil(2 * 3 / 2)
+    assert sim.tracking_ask(POLICIES, alarms_after([2, 2, 2]), 2, desired=2) is None  # at the target: no breach
+    assert sim.tracking_ask(POLICIES, alarms_after([3, None, 3, 3]), 3, desired=2) is None  # missing restarts
+    assert sim.tracking_ask(POLICIES, alarms_after([9, 9, 9]), 9, desired=2) == 6  # clamped to the maximum
+
+
+def test_tracking_scales_in_only_below_90_percent_after_the_compressed_count() -> None:
+    quiet = [1.0] * sim.TRACKING_SCALE_IN_DATAPOINTS
+    assert sim.tracking_ask(POLICIES, alarms_after(quiet), 1.0, desired=4) == 2  # ceil(4 * 1 / 2)
+    assert sim.tracking_ask(POLICIES, alarms_after(quiet[1:]), 1.0, desired=4) is None  # one datapoint short
+    assert alarms_after([1.8] * 3).low == 0  # 90 % of the target exactly: not below it
+    assert alarms_after([1.79] * 3).low == 3
+
+
+def test_step_adds_the_matching_step_from_the_threshold_and_never_at_missing_data() -> None:
+    assert sim.step_ask(POLICIES, 0.99, desired=0) is None  # below the threshold
+    assert sim.step_ask(POLICIES, 1, desired=0) == 1  # at it: the first step
+    assert sim.step_ask(POLICIES, 2, desired=0) == 3  # 1 above it: the second step
+    assert sim.step_ask(POLICIES, 2, desired=5) == 6  # clamped to the maximum
+    assert sim.step_ask(POLICIES, None, desired=0) is None
+
+
+def test_the_largest_ask_wins_and_none_keeps_desired() -> None:
+    assert sim.next_desired(2, (3, 5)) == 5
+    assert sim.next_desired(2, (None, None)) == 2
+    assert sim.next_desired(4, (2, None)) == 2
 
 
 # --- the timeline ------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ DescribeTasks) already press against in bursts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from prefect_backlog.late_cause import ServiceEvent
 
 MAX_SERVICES_PER_DESCRIBE = 10  # ECS DescribeServices' limit per request
 MAX_TASKS_PER_LIST = 100  # ListTasks' page
@@ -76,6 +78,9 @@ class TaskCounts:
     # DescribeServices' availabilityZoneRebalancing is "ENABLED" (the default for services created since
     # 2025-06-30): ECS then stops tasks to rebalance zones, and its guide does not say it skips protected ones.
     az_rebalancing: bool = False
+    # The newest service events (DescribeServices returns them newest first, in the same response): whether ECS
+    # says it cannot place or start tasks (late_cause.py).
+    events: tuple[ServiceEvent, ...] = field(default=(), compare=False)
 
 
 class EcsReadError(Exception):
@@ -102,11 +107,30 @@ def describe_services(ecs: EcsClient, services: Iterable[ServiceKey]) -> dict[Se
                     continue
                 results[(cluster, described["serviceName"])] = TaskCounts(
                     running=int(described["runningCount"]), desired=int(described["desiredCount"]),
-                    az_rebalancing=described.get("availabilityZoneRebalancing") == "ENABLED")
+                    az_rebalancing=described.get("availabilityZoneRebalancing") == "ENABLED",
+                    events=_events(described.get("events") or []))
             for name in chunk:
                 results.setdefault((cluster, name), EcsReadError(
                     f"DescribeServices {cluster}/{name}: no ACTIVE service by that name"))
     return results
+
+
+MAX_EVENTS_KEPT = 10  # the newest few are all the late-cause rule looks at
+
+
+def _events(raw: list[dict[str, Any]]) -> tuple[ServiceEvent, ...]:
+    """The newest service events with a time and a message (boto3 gives createdAt as an aware datetime)."""
+    events = []
+    for event in raw[:MAX_EVENTS_KEPT]:
+        at, message = event.get("createdAt"), event.get("message")
+        if isinstance(at, str):
+            try:
+                at = datetime.fromisoformat(at)
+            except ValueError:
+                continue
+        if isinstance(at, datetime) and isinstance(message, str):
+            events.append(ServiceEvent(at if at.tzinfo else at.replace(tzinfo=UTC), message))
+    return tuple(events)
 
 
 def task_id(arn: str) -> str:
