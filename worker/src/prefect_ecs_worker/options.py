@@ -17,6 +17,11 @@ UNPROTECTED_ENV = "PREFECT_ECS_WORKER_UNPROTECTED"
 MINUTES_ENV = "PREFECT_ECS_WORKER_PROTECTION_MINUTES"
 REFRESH_ENV = "PREFECT_ECS_WORKER_REFRESH_SECONDS"
 MIN_PREFECT = (3, 1, 9)
+# The publisher protects for ceil(interval / 60) + 4 minutes (5 at its 60 s and 10 s samples). The shared
+# release rule (docs/task-protection.md) needs a PUT of the worker's to give a later expiry than any the
+# publisher set before it, which holds when the worker's minutes are at least the publisher's.
+MIN_MINUTES = 5
+DEFAULT_MINUTES = 15
 _TRUE = {"1", "true", "yes", "on"}
 
 USAGE = """\
@@ -119,10 +124,11 @@ class Environment:
 
 
 def read_environment(env: Mapping[str, str]) -> Environment:
-    minutes = _int(env, MINUTES_ENV, 15)
+    minutes = _int(env, MINUTES_ENV, DEFAULT_MINUTES)
     refresh = _float(env, REFRESH_ENV, 60.0)
-    if not 1 <= minutes <= 2880:
-        raise Refusal(f"prefect-ecs-worker: {MINUTES_ENV} must be 1-2880 (minutes), not {minutes}.")
+    if not MIN_MINUTES <= minutes <= 2880:
+        raise Refusal(f"prefect-ecs-worker: {MINUTES_ENV} must be {MIN_MINUTES}-2880 (minutes, at least the "
+                      f"publisher's protection minutes), not {minutes}.")
     if not 0 < refresh < minutes * 60 / 2:
         raise Refusal(f"prefect-ecs-worker: {REFRESH_ENV} must be positive and under half the protection's "
                       f"{minutes} minutes, not {refresh}.")

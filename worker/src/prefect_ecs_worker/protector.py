@@ -9,7 +9,10 @@ The rules (docs/task-protection.md in the autoscaler's repository, shared with t
   by this one, and the publisher sees the new expiry at its next sample;
 - every ``refresh_every`` (60 s) while the worker holds any run, so the expiry never runs out under a long
   run (including a run waiting in AwaitingRetry inside its process);
-- a failed PUT is logged and retried every ``retry_after`` (5 s) while a run is held; the run proceeds.
+- a failed PUT at the claim is retried once at once; if that fails too, a WARNING says the task is not
+  protected yet and the run proceeds (refusing it would leave it claimed and Pending, which is worse: the
+  publisher protects the task at its next sample once it sees the run, and the protector keeps trying every
+  ``retry_after`` (5 s) while the run is held). Every failure is logged with its cause, never silently.
 
 ``RefreshSchedule`` is the pure part (a clock in, "is a PUT due" out); ``Protector`` drives it with a thread.
 """
@@ -133,11 +136,15 @@ class Protector:
 
     # -- called by the worker's hooks ----------------------------------------------------
     def claim(self, run_id: str) -> ProtectionResult:
-        """Right after the claim, before the run's code: PUT (blocking, bounded by the agent client's timeout)."""
+        """Right after the claim, before the run's code: PUT, and once more at once if it failed (blocking,
+        each bounded by the agent client's timeout). Never raises: the run proceeds either way."""
         with self._cond:
             self.schedule.claim(run_id, self._clock())
             self._cond.notify_all()
-        return self._put(f"claimed flow run {run_id}")
+        result = self._put(f"claimed flow run {run_id}", retrying=True)
+        if not result.ok:
+            result = self._put(f"claimed flow run {run_id}, retried", retrying=False)
+        return result
 
     def hold(self, run_id: str) -> None:
         with self._cond:
@@ -150,7 +157,7 @@ class Protector:
             self._cond.notify_all()
 
     # -- the PUTs ------------------------------------------------------------------------
-    def _put(self, why: str) -> ProtectionResult:
+    def _put(self, why: str, retrying: bool = False) -> ProtectionResult:
         with self._put_lock:
             result = self.agent.protect(self.minutes)
             now = self._clock()
@@ -161,8 +168,12 @@ class Protector:
         if result.ok:
             self._log.info("Task scale-in protection enabled (%s; %d run(s) held), expires %s",
                            why, held, result.expiration)
+        elif retrying:
+            self._log.warning("Task scale-in protection PUT failed (%s): %s; retrying now", why, result.problem)
         else:
-            self._log.warning("Task scale-in protection PUT failed (%s): %s; retrying in %.0f s, the run proceeds",
+            self._log.warning("Task scale-in protection PUT failed (%s): %s; the task is NOT protected by this "
+                              "worker yet (the publisher protects it at its next sample); the run proceeds, and "
+                              "the PUT is tried again in %.0f s while it holds runs",
                               why, result.problem, self.schedule.retry_after)
         return result
 
