@@ -109,6 +109,44 @@ class ProtectionPlan:
     protected_after: frozenset[str] = field(default_factory=frozenset)  # what will be protected once applied
 
 
+@dataclass(frozen=True)
+class ReleaseCheck:
+    """Which release candidates may be released, decided from their expiry read back just before."""
+
+    release: tuple[str, ...]  # protection is still the one the publisher knew of: release
+    kept: Mapping[str, datetime]  # re-protected since (a worker's PUT at a claim): kept, with the new expiry
+    lapsed: frozenset[str]  # no longer protected (expired, or released elsewhere): nothing to do
+
+
+def check_releases(candidates: Iterable[str], known: Mapping[str, datetime],
+                   read_back: Mapping[str, datetime]) -> ReleaseCheck:
+    """The release rule the publisher shares with ``prefect-ecs-worker`` (docs/task-protection.md).
+
+    ``known``: each candidate's expiry as the publisher knew it *before this sample's runs were read* (what its
+    own UpdateTaskProtection returned, or what it read back at an earlier sample). ``read_back``: the protected
+    ones among them as GetTaskProtection answers now, *after* the runs were read.
+
+    The worker only ever enables protection, and each of its PUTs sets an expiry later than any set before it
+    (its minutes are at least the publisher's). So an expiry read back later than the known one means the
+    task protected itself since the publisher last looked: it may have claimed a run after the runs were read
+    (or one not labelled yet), so it is kept, and the new expiry becomes the known one; the next sample, whose
+    runs are read after that claim, decides. Only protection that is still what the publisher knew of is
+    released: two looks, the second after the runs were read, and no PUT between them.
+    """
+    release: list[str] = []
+    kept: dict[str, datetime] = {}
+    lapsed: set[str] = set()
+    for task in sorted(set(candidates)):
+        now_until = read_back.get(task)
+        if now_until is None:
+            lapsed.add(task)
+        elif task in known and now_until <= known[task]:
+            release.append(task)
+        else:
+            kept[task] = now_until
+    return ReleaseCheck(tuple(release), kept, frozenset(lapsed))
+
+
 def suspects(holding: Holding, tasks_live: frozenset[str]) -> frozenset[str]:
     """Tasks named by a holding run but not among the service's live tasks: ask ECS about each one."""
     return holding.busy_tasks - tasks_live

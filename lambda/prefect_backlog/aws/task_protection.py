@@ -9,6 +9,13 @@ service with nothing to protect and nothing protected costs no call at all.
 
 A failed read or call never releases protection wholesale: what could not be
 done is left as it was (the expiry bounds the damage) and reported.
+
+Releases follow the rule shared with ``prefect-ecs-worker``, which protects its own task at each claim
+(``prefect_backlog.protection.check_releases``; docs/task-protection.md): a task is released only when the
+expiry GetTaskProtection reads back just before the release (after this sample's runs were read) is still
+the one this container knew of before the sample. A task that protected itself since is kept, and the next
+sample decides. A cold container therefore releases nothing in its first sample: what it reads then was read
+after the runs, so it cannot tell an older protection from a claim's.
 """
 
 from __future__ import annotations
@@ -30,7 +37,15 @@ from prefect_backlog.aws.ecs import (
     update_protection,
 )
 from prefect_backlog.backlog import RunFacts
-from prefect_backlog.protection import Holding, ProtectionPlan, ServiceTasks, plan_hold, plan_protection, suspects
+from prefect_backlog.protection import (
+    Holding,
+    ProtectionPlan,
+    ServiceTasks,
+    check_releases,
+    plan_hold,
+    plan_protection,
+    suspects,
+)
 
 # Protection lasts this many minutes past the next sample, and is refreshed once less than the margin
 # is left after the next sample: a publisher that stops leaves tasks protected a few minutes at most.
@@ -108,7 +123,29 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
 
     plan = plan_protection(holding, ServiceTasks(live, protected, gone.stopped, gone.missing, online_workers),
                            refresh_before=_refresh_before(now, sample_interval_seconds))
-    return _apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply)
+    errors: tuple[str, ...] = ()
+    if plan.release:
+        plan, protected, errors = _confirm_releases(counted, cluster, plan, protected, known)
+    outcome = _apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply)
+    return replace(outcome, errors=errors + outcome.errors)
+
+
+def _confirm_releases(counted: CountingEcs, cluster: str, plan: ProtectionPlan, protected: dict[str, datetime],
+                      known: dict[str, datetime] | None
+                      ) -> tuple[ProtectionPlan, dict[str, datetime], tuple[str, ...]]:
+    """Keep the plan's releases that the shared rule allows (see the module's docstring); the others stay
+    protected, with the expiry read back now known for the next sample."""
+    if known is None:  # cold container: ``protected`` was read after the runs; the next sample decides
+        return replace(plan, release=()), protected, ()
+    try:
+        read_back = read_protection(counted, cluster, plan.release)
+    except Exception as exc:  # botocore's errors share no useful base beyond this
+        return (replace(plan, release=()), protected,
+                (f"reading back the protection of {len(plan.release)} task(s) to release in {cluster}: {exc}",))
+    check = check_releases(plan.release, known, read_back)
+    learned = {t: until for t, until in protected.items() if t not in check.lapsed} | dict(check.kept)
+    return (replace(plan, release=check.release, protected_after=plan.protected_after - check.lapsed),
+            learned, ())
 
 
 def hold(ecs: EcsTaskClient, service: ServiceKey, ledger: ProtectionLedger, *, now: datetime,
