@@ -177,7 +177,7 @@ def test_a_real_process_worker_is_named_after_its_task_and_protects_it_from_clai
 
     assert puts, log[-4000:]
     first = puts[0]
-    assert first.body == {"ProtectionEnabled": True, "ExpiresInMinutes": 15}
+    assert first.body == {"ProtectionEnabled": True, "ExpiresInMinutes": 5}
     # after the claim (the server accepted Pending; its clock is this machine's), before the flow's code
     assert pending - 0.05 <= first.at < started, (pending, first.at, started)
     # never released: every PUT enables, and while the run was in flight (6 s) it was refreshed

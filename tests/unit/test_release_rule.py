@@ -1,9 +1,10 @@
 """The release rule the publisher shares with prefect-ecs-worker, and its interleavings (docs/task-protection.md).
 
 The worker only enables protection (PUT at the claim, a confirmation 5 s later, refreshes while it holds
-runs); the publisher releases only protection whose expiry, read back after this sample's runs were read,
-is still the one it knew before. The worker's PUTs are played on the ECS stand-in at the moments each
-interleaving puts them: before the runs read, between the read-back and the release, after an expiry.
+runs); the publisher releases a task only when the expiry it reads after this sample's runs were read is the
+one it knew before, or was set well before the runs were read. The worker's PUTs are played on the ECS
+stand-in at the moments each interleaving puts them: before the runs read, between the read and the
+release, after an expiry.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from harness.fake_ecs import FakeEcs
 from prefect_backlog.aws.task_protection import ProtectionLedger, reconcile
 from prefect_backlog.backlog import RunFacts
-from prefect_backlog.protection import Holding, check_releases
+from prefect_backlog.protection import CLAIM_LABEL_SECONDS, WORKER_MINUTES_FLOOR, Holding, check_releases
 from prefect_ecs_worker.options import DEFAULT_MINUTES, MIN_MINUTES
 from prefect_ecs_worker.protector import RefreshSchedule
 
@@ -27,22 +28,37 @@ WORKER_MINUTES = DEFAULT_MINUTES
 
 # --- the pure rule ---------------------------------------------------------------------------------
 
-def test_release_only_what_is_still_the_protection_the_publisher_knew() -> None:
-    known = {"same": NOW, "later": NOW, "earlier": NOW, "new": NOW}
-    read_back = {"same": NOW, "later": NOW + timedelta(seconds=1), "earlier": NOW - timedelta(seconds=1),
-                 "unknown": NOW}
-    check = check_releases(["same", "later", "earlier", "gone", "unknown"], known, read_back)
-    assert check.release == ("earlier", "same")
-    assert dict(check.kept) == {"later": NOW + timedelta(seconds=1), "unknown": NOW}  # known for next time
+def test_release_what_nobody_protected_since_the_publisher_looked_or_since_well_before_the_runs_read() -> None:
+    minutes = timedelta(minutes=WORKER_MINUTES_FLOOR)
+    known = {"same": NOW + minutes, "moved": NOW, "moved-early": NOW - timedelta(minutes=2)}
+    read_back = {
+        "same": NOW + minutes,  # nobody PUT since the last look (whenever that was)
+        "moved": NOW + minutes,  # a PUT at the runs read: a claim the read may have missed
+        "moved-early": NOW + minutes - timedelta(seconds=11),  # a PUT 11 s before the read: labelled by then
+        "unknown-recent": NOW + minutes - timedelta(seconds=9),  # cold, PUT 9 s before: perhaps not labelled
+        "unknown-old": NOW + minutes - timedelta(minutes=3),
+    }
+    check = check_releases(["same", "moved", "moved-early", "unknown-recent", "unknown-old", "gone"], known,
+                           read_back, runs_read_at=NOW)
+    assert check.release == ("moved-early", "same", "unknown-old")
+    assert dict(check.kept) == {"moved": read_back["moved"], "unknown-recent": read_back["unknown-recent"]}
     assert check.lapsed == frozenset({"gone"})
+    # the edge: a PUT exactly CLAIM_LABEL_SECONDS before the read is kept; one microsecond earlier is released
+    edge = NOW - timedelta(seconds=CLAIM_LABEL_SECONDS) + minutes
+    assert check_releases(["t"], None, {"t": edge}, runs_read_at=NOW).release == ()
+    assert check_releases(["t"], None, {"t": edge - timedelta(microseconds=1)}, runs_read_at=NOW).release == ("t",)
 
 
-def test_a_later_put_always_gives_a_later_expiry_when_the_workers_minutes_are_at_least_the_publishers() -> None:
-    # The rule's premise: publisher sets s + 5 min; any worker PUT at t > s sets t + W with W >= 5.
-    assert MIN_MINUTES >= 5 and WORKER_MINUTES >= MIN_MINUTES
-    s = NOW
-    for t in (s + timedelta(milliseconds=1), s + timedelta(minutes=3)):
-        assert t + timedelta(minutes=MIN_MINUTES) > s + timedelta(minutes=5)
+def test_an_earlier_expiry_than_known_is_a_put_too() -> None:
+    """A worker with fewer minutes than the publisher, PUT after it: the expiry moves *earlier*, and that is
+    a PUT since the last look as much as a later one."""
+    known = {"t": NOW + timedelta(minutes=9)}  # the publisher's, at a 5-minute schedule
+    check = check_releases(["t"], known, {"t": NOW + timedelta(minutes=WORKER_MINUTES_FLOOR)}, runs_read_at=NOW)
+    assert check.release == ()
+
+
+def test_the_launchers_minutes_floor_is_the_one_the_publisher_assumes() -> None:
+    assert MIN_MINUTES == WORKER_MINUTES_FLOOR and DEFAULT_MINUTES >= MIN_MINUTES
 
 
 # --- the interleavings, on the ECS stand-in ---------------------------------------------------------
@@ -60,9 +76,10 @@ class Clocked(FakeEcs):
         super().__init__(now=lambda: self.at)
         self.during: dict[str, Any] = {}
 
-    def worker_put(self, task: str, minutes: int = WORKER_MINUTES) -> None:
-        """What ``PUT $ECS_AGENT_URI/task-protection/v1/state`` does to the task (the agent calls ECS)."""
-        self.tasks[task].protected_until = self.at + timedelta(minutes=minutes)
+    def worker_put(self, task: str, minutes: int = WORKER_MINUTES, seconds_before: float = 0) -> None:
+        """What ``PUT $ECS_AGENT_URI/task-protection/v1/state`` does to the task (the agent calls ECS),
+        ``seconds_before`` the next sample's runs read."""
+        self.tasks[task].protected_until = self.at - timedelta(seconds=seconds_before) + timedelta(minutes=minutes)
 
     def get_task_protection(self, *, cluster: str, tasks: list[str]) -> dict[str, Any]:
         answer = super().get_task_protection(cluster=cluster, tasks=tasks)
@@ -105,8 +122,8 @@ def test_a_claim_before_the_runs_read_whose_run_is_not_labelled_yet_keeps_its_pr
         world: tuple[Clocked, str, ProtectionLedger]) -> None:
     """Claimed (Pending, PUT done) just before the read, labelled just after: the read shows an idle task."""
     ecs, task, ledger = world
-    ecs.worker_put(task)
-    assert sample(ecs, ledger, busy()) == ()  # the read-back shows an expiry set since: kept
+    ecs.worker_put(task, seconds_before=3)
+    assert sample(ecs, ledger, busy()) == ()  # an expiry set since the last look, 3 s before the read: kept
     assert ecs.protected(*SERVICE) == {task}
     assert sample(ecs, ledger, busy(task)) == ()  # next sample the run is labelled: busy, and stays protected
     assert ecs.protected(*SERVICE) == {task}
@@ -125,7 +142,7 @@ def test_a_worker_that_keeps_refreshing_is_never_released(world: tuple[Clocked, 
     """A run the publisher cannot see (not labelled) but whose worker holds it: each refresh moves the expiry."""
     ecs, task, ledger = world
     for _ in range(5):
-        ecs.worker_put(task)
+        ecs.worker_put(task, seconds_before=2)
         assert sample(ecs, ledger, busy()) == ()
         assert ecs.protected(*SERVICE) == {task}
 

@@ -3,19 +3,18 @@
 Per service and sample: one ListTasks (per 100 tasks); DescribeTasks only for
 tasks that a run names but the list does not hold (to tell a stopped task from
 one that just started); UpdateTaskProtection only for what changes or must be
-refreshed (10 tasks per call); GetTaskProtection only the first time a
-container sees the service (afterwards the ledger knows what it set). A
-service with nothing to protect and nothing protected costs no call at all.
+refreshed (10 tasks per call); GetTaskProtection (100 tasks per call) each
+sample, since workers protect their own tasks. A service with nothing to
+protect and nothing protected at the last sample costs no call at all.
 
 A failed read or call never releases protection wholesale: what could not be
 done is left as it was (the expiry bounds the damage) and reported.
 
 Releases follow the rule shared with ``prefect-ecs-worker``, which protects its own task at each claim
-(``prefect_backlog.protection.check_releases``; docs/task-protection.md): a task is released only when the
-expiry GetTaskProtection reads back just before the release (after this sample's runs were read) is still
-the one this container knew of before the sample. A task that protected itself since is kept, and the next
-sample decides. A cold container therefore releases nothing in its first sample: what it reads then was read
-after the runs, so it cannot tell an older protection from a claim's.
+(``prefect_backlog.protection.check_releases``; docs/task-protection.md): the expiries GetTaskProtection
+reads each sample, after the runs were read, are compared with what this container knew before, and a task
+whose protection may come from a claim those runs could not show yet is kept; the next sample decides.
+Since tasks protect themselves, protection is read every sample (not only on a cold container).
 """
 
 from __future__ import annotations
@@ -111,10 +110,9 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     counted = CountingEcs(ecs)
     try:
         live = list_service_tasks(counted, cluster, name)
-        if known is None:
-            protected = read_protection(counted, cluster, live)
-        else:
-            protected = {t: until for t, until in known.items() if t in live}
+        # Every sample, after the runs were read: the worker protects its task itself at each claim, so what
+        # this container set is not all there is (and the read is what the release rule compares).
+        protected = read_protection(counted, cluster, live)
         asked = suspects(holding, live)
         gone = gone_tasks(counted, cluster, name, asked) if asked else GoneTasks()
     except Exception as exc:  # botocore's errors share no useful base beyond this
@@ -123,29 +121,11 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
 
     plan = plan_protection(holding, ServiceTasks(live, protected, gone.stopped, gone.missing, online_workers),
                            refresh_before=_refresh_before(now, sample_interval_seconds))
-    errors: tuple[str, ...] = ()
-    if plan.release:
-        plan, protected, errors = _confirm_releases(counted, cluster, plan, protected, known)
-    outcome = _apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply)
-    return replace(outcome, errors=errors + outcome.errors)
-
-
-def _confirm_releases(counted: CountingEcs, cluster: str, plan: ProtectionPlan, protected: dict[str, datetime],
-                      known: dict[str, datetime] | None
-                      ) -> tuple[ProtectionPlan, dict[str, datetime], tuple[str, ...]]:
-    """Keep the plan's releases that the shared rule allows (see the module's docstring); the others stay
-    protected, with the expiry read back now known for the next sample."""
-    if known is None:  # cold container: ``protected`` was read after the runs; the next sample decides
-        return replace(plan, release=()), protected, ()
-    try:
-        read_back = read_protection(counted, cluster, plan.release)
-    except Exception as exc:  # botocore's errors share no useful base beyond this
-        return (replace(plan, release=()), protected,
-                (f"reading back the protection of {len(plan.release)} task(s) to release in {cluster}: {exc}",))
-    check = check_releases(plan.release, known, read_back)
-    learned = {t: until for t, until in protected.items() if t not in check.lapsed} | dict(check.kept)
-    return (replace(plan, release=check.release, protected_after=plan.protected_after - check.lapsed),
-            learned, ())
+    if plan.release:  # the rule shared with prefect-ecs-worker; ``now`` was taken before the runs were read
+        check = check_releases(plan.release, known, protected, runs_read_at=now)
+        plan = replace(plan, release=check.release,
+                       protected_after=plan.protected_after | (frozenset(plan.release) - frozenset(check.release)))
+    return _apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply)
 
 
 def hold(ecs: EcsTaskClient, service: ServiceKey, ledger: ProtectionLedger, *, now: datetime,

@@ -58,7 +58,7 @@ def test_prefect_3_1_9_or_newer(version: str | None, ok: bool) -> None:
     ({"PREFECT_ECS_WORKER_PROTECTION_MINUTES": "4"}, "at least the publisher's"),
     ({"PREFECT_ECS_WORKER_PROTECTION_MINUTES": "2881"}, "5-2880"),
     ({"PREFECT_ECS_WORKER_PROTECTION_MINUTES": "x"}, "not a whole number"),
-    ({"PREFECT_ECS_WORKER_REFRESH_SECONDS": "450"}, "under half"),  # of the default 15 minutes
+    ({"PREFECT_ECS_WORKER_REFRESH_SECONDS": "150"}, "under half"),  # of the default 5 minutes
     ({"PREFECT_ECS_WORKER_REFRESH_SECONDS": "0"}, "positive"),
 ])
 def test_settings_out_of_range_are_refused(env: dict[str, str], problem: str) -> None:
@@ -66,9 +66,9 @@ def test_settings_out_of_range_are_refused(env: dict[str, str], problem: str) ->
         read_environment(env)
 
 
-def test_defaults_15_minutes_refreshed_every_60_s() -> None:
+def test_defaults_5_minutes_refreshed_every_60_s() -> None:
     environment = read_environment({})
-    assert (environment.minutes, environment.refresh_seconds) == (15, 60.0)
+    assert (environment.minutes, environment.refresh_seconds) == (5, 60.0)
     assert environment.metadata_uri is None and environment.agent_uri is None
 
 
@@ -90,7 +90,7 @@ def test_in_ecs_without_the_agent_endpoint_it_refuses_unless_unprotected(endpoin
 def test_in_ecs_it_is_named_after_its_task_and_protects(endpoints: EcsEndpoints) -> None:
     launch, name, protector = prepare(OPTIONS, endpoints.environment(), "3.8.8")
     task_id = endpoints.task_arn.rsplit("/", 1)[1]
-    assert name == f"ecs-{task_id}" and protector is not None and protector.minutes == 15
+    assert name == f"ecs-{task_id}" and protector is not None and protector.minutes == 5
     assert prefect_command(launch, name)[-2:] == ["--name", f"ecs-{task_id}"]
     assert endpoints.protection_puts() == []  # nothing is protected before a claim
 

@@ -21,7 +21,7 @@ MIN_PREFECT = (3, 1, 9)
 # release rule (docs/task-protection.md) needs a PUT of the worker's to give a later expiry than any the
 # publisher set before it, which holds when the worker's minutes are at least the publisher's.
 MIN_MINUTES = 5
-DEFAULT_MINUTES = 15
+DEFAULT_MINUTES = 5
 _TRUE = {"1", "true", "yes", "on"}
 
 USAGE = """\

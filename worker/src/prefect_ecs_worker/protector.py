@@ -27,7 +27,7 @@ from typing import Callable
 from prefect_ecs_worker.ecs import AgentClient, ProtectionResult
 
 LOGGER = logging.getLogger("prefect.ecs_worker")
-PROTECTION_MINUTES = 15
+PROTECTION_MINUTES = 5
 CONFIRM_AFTER_SECONDS = 5.0
 REFRESH_EVERY_SECONDS = 60.0
 RETRY_AFTER_SECONDS = 5.0
