@@ -744,7 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=30, help="publisher samples to run (default 30)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds per cycle (default 5)")
     parser.add_argument("--no-protection", dest="protection", action="store_false",
-                        help="set taskProtection false for every service, to see what protection prevents")
+                        help="set taskProtection false for every service and start plain workers (no "
+                             "prefect-ecs-worker), to see what protection prevents")
     parser.add_argument("--no-launcher", dest="protect_at_claim", action="store_false",
                         help="workers started with plain `prefect worker start --name ecs-<task id>` instead of "
                              "prefect-ecs-worker: a claim is unprotected until the publisher's next sample")
@@ -761,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=Path(os.environ.get("PREFECT3_VENV") or REPO_ROOT / ".venvs" / "prefect3"),
                         help="virtualenv holding the Prefect 3 server (default .venvs/prefect3)")
     args = parser.parse_args(argv)
+    if not args.protection:
+        args.protect_at_claim = False  # no protection at all: neither the publisher's nor the workers' own
     chart_path = args.chart or OUT_DIR / ("demo-chart.png" if args.protection else "demo-chart-no-protection.png")
     if not (args.prefect_venv / "bin" / "prefect").exists():
         print(f"no Prefect 3 server in {args.prefect_venv}: run `bash scripts/install-prefect.sh 3 "
