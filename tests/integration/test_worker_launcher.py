@@ -57,6 +57,17 @@ def stamped(path: str, seconds: float = 6.0) -> float:
         json.dump({"started": started}, f)
     time.sleep(seconds)
     return started
+
+
+@flow(name="retried", retries=1, retry_delay_seconds=8)
+def retried(path: str) -> str:
+    """Fails its first try; Prefect retries it in the same process after 8 s (AwaitingRetry meanwhile)."""
+    import os
+
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise RuntimeError("first try fails")
+    return "second try"
 '''
 
 
@@ -214,6 +225,34 @@ def test_an_agent_that_fails_is_logged_retried_and_the_run_still_runs(
     assert "Task scale-in protection enabled" in log
     assert "ServerException" in log
     assert address not in log  # the agent's address is never logged
+
+
+def test_a_run_waiting_to_retry_in_its_process_keeps_its_task_protected(
+        prefect3_server: PrefectServer, launcher_dir: Path, pool: tuple[BacklogClient, str, str, Path]) -> None:
+    """AwaitingRetry (a Scheduled-type state) with the engine alive in the worker's task: the worker still
+    holds the run and refreshes its task's protection through the whole delay."""
+    c, pool_name, _, tmp = pool
+    flows = tmp / "flows"
+    deployment = create_local_deployment(c, pool_name, "default", flows, "retried", filename="stamped.py",
+                                         name=f"retried-{pool_name}")
+    with EcsEndpoints(fake_task_id()) as endpoints:
+        worker = start_launcher(launcher_dir, prefect3_server, pool_name, endpoints,
+                                PREFECT_ECS_WORKER_REFRESH_SECONDS="2")
+        try:
+            run_id = c.create_run(deployment, scheduled_now(), parameters={"path": str(tmp / "tried")})["id"]
+            wait_for_state(c, run_id, "COMPLETED", timeout=150)
+            puts = endpoints.protection_puts()
+            log = worker.read_log()
+        finally:
+            worker.cleanup(graceful=False)
+    states = states_of(c, run_id)
+    waiting = next(s for s in states if s["name"] == "AwaitingRetry")
+    began = epoch(waiting["timestamp"])
+    ended = next(epoch(s["timestamp"]) for s in states if s["type"] == "RUNNING" and epoch(s["timestamp"]) > began)
+    assert ended - began >= 6, (began, ended)
+    during = [p for p in puts if began < p.at < ended]
+    assert len(during) >= 2, ([round(p.at - began, 1) for p in puts], log[-3000:])
+    assert all(p.body["ProtectionEnabled"] is True for p in puts)
 
 
 def run_launcher(launcher_dir: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

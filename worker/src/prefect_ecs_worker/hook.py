@@ -1,7 +1,8 @@
 """The hook into Prefect's worker: protect the task once a run is claimed, before its code starts.
 
 Every worker type (Process, ECS, Docker, Kubernetes, ...) submits a run through ``BaseWorker._submit_run``
-(prefect/workers/base.py; the same shape in 3.1.9, 3.8.8 and 3.9.1)::
+(prefect/workers/base.py; read in 3.8.8 and 3.9.1, and 2.18.3's workers have the same three methods; a
+Prefect with another shape is refused at start by ``check_shape``, never run unprotected silently)::
 
     _submit_run(flow_run)
         ready = await self._propose_pending_state(flow_run)   # the claim: the server accepts Pending (or not)
