@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,9 @@ class EcsEndpoints:
         self.calls: list[Call] = []
         self.protected_until: datetime | None = None
         self.fail_next = 0
+        # Called with (enabled, minutes) after each protection PUT that succeeded: tests point it at an ECS
+        # stand-in the publisher also uses, so both act on one task's protection.
+        self.on_put: Callable[[bool, int], None] | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -88,11 +92,13 @@ class EcsEndpoints:
                     return 500, {"error": {"Code": "ServerException", "Message": "stand-in told to fail"}}
                 if not isinstance(body, dict) or not isinstance(body.get("ProtectionEnabled"), bool):
                     return 400, {"error": {"Code": "InvalidParameterException", "Message": "bad body"}}
+                minutes = int(body.get("ExpiresInMinutes", 120))
                 if body["ProtectionEnabled"]:
-                    minutes = int(body.get("ExpiresInMinutes", 120))
                     self.protected_until = datetime.now(UTC) + timedelta(minutes=minutes)
                 else:
                     self.protected_until = None
+                if self.on_put is not None:
+                    self.on_put(bool(body["ProtectionEnabled"]), minutes)
             return 200, {"protection": {
                 "ProtectionEnabled": self.protected_until is not None, "TaskArn": self.task_arn,
                 "ExpirationDate": None if self.protected_until is None else

@@ -36,6 +36,7 @@ from harness.process_worker import (
     wait_for_state,
 )
 from prefect_backlog.protection import task_id_of
+from tests.support.moto_aws import MotoAws
 
 pytestmark = pytest.mark.integration
 
@@ -253,6 +254,72 @@ def test_a_run_waiting_to_retry_in_its_process_keeps_its_task_protected(
     during = [p for p in puts if began < p.at < ended]
     assert len(during) >= 2, ([round(p.at - began, 1) for p in puts], log[-3000:])
     assert all(p.body["ProtectionEnabled"] is True for p in puts)
+
+
+def test_with_the_publisher_sampling_the_task_stays_protected_from_the_claim_until_the_run_is_over(
+        prefect3_server: PrefectServer, launcher_dir: Path, pool: tuple[BacklogClient, str, str, Path],
+        aws: MotoAws) -> None:
+    """The launcher's PUTs and the publisher's calls act on one ECS stand-in: sampling every second from the
+    moment the worker claimed, the publisher never releases the task while its run is in flight, and
+    releases it once the run is over."""
+    from datetime import UTC, timedelta
+
+    from harness.fake_ecs import FakeEcs
+    from prefect_backlog.config import parse_config
+    from prefect_backlog.prefect_api import PrefectClient
+    from prefect_backlog.tick import WarmState, run_tick
+    from tests.support.moto_aws import PUBLISHER
+
+    c, pool_name, deployment, tmp = pool
+    cluster, service = "prefect-it", "launcher"
+    ecs = FakeEcs()
+    ecs.service(cluster, service)
+    task_id = fake_task_id()
+    ecs.start_task(cluster, service, task_id)
+    idle = ecs.start_task(cluster, service)
+    ecs.desired[(cluster, service)] = 2
+    config = parse_config({"prefectApiUrl": prefect3_server.api_url, "stackName": PUBLISHER,
+                           "queues": [{"workPool": pool_name, "workQueue": "default", "cluster": cluster,
+                                       "service": service, "maxCapacity": 4, "targetBacklogPerTask": 1,
+                                       "runsInWorkerTask": True}]})
+    warm = WarmState()
+
+    def tick() -> None:
+        client = PrefectClient(config.api_url, deadline=time.monotonic() + 30, depth_memory=warm.depth)
+        run_tick(config, client, ecs=ecs, cloudwatch=aws.cloudwatch, now=datetime.now(UTC), warm=warm)
+
+    def agent_put(enabled: bool, minutes: int) -> None:  # what the agent does: UpdateTaskProtection on its task
+        ecs.tasks[task_id].protected_until = datetime.now(UTC) + timedelta(minutes=minutes) if enabled else None
+
+    with EcsEndpoints(task_id) as endpoints:
+        endpoints.on_put = agent_put
+        worker = start_launcher(launcher_dir, prefect3_server, pool_name, endpoints)
+        try:
+            tick()
+            assert ecs.protected(cluster, service) == set()
+            run_id = c.create_run(deployment, scheduled_now(), parameters={"path": str(tmp / "s.json"),
+                                                                            "seconds": 10})["id"]
+            deadline = time.monotonic() + 120
+            while not endpoints.protection_puts() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert endpoints.protection_puts(), worker.read_log()[-3000:]
+            samples = 0
+            while c.get_run(run_id)["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+                tick()  # every second, from right after the claim (the run may not be labelled yet)
+                samples += 1
+                assert task_id in ecs.protected(cluster, service), samples
+                time.sleep(1)
+            assert samples >= 5
+            releases = [a for op, a in ecs.calls if op == "UpdateTaskProtection" and not a["protectionEnabled"]]
+            assert releases == []  # never released while the run was in flight
+            time.sleep(3)  # the run's process exits; the worker holds nothing and stops PUTting
+            for _ in range(2):
+                tick()
+                time.sleep(1)
+            assert ecs.protected(cluster, service) == set()  # released once idle
+            assert idle not in ecs.protected(cluster, service)
+        finally:
+            worker.cleanup(graceful=False)
 
 
 def run_launcher(launcher_dir: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
