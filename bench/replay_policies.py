@@ -21,7 +21,13 @@ from harness.aws_model.target_tracking import TargetTrackingSpec
 from harness.aws_model.world import World
 from prefect_backlog.aws.task_protection import REFRESH_MARGIN, protection_minutes
 from prefect_backlog.backlog import QueueBacklog, RunFacts, queue_demand, service_signal
-from prefect_backlog.protection import ServiceTasks, holding_runs, orphaned_in_a_row, plan_protection
+from prefect_backlog.protection import (
+    ServiceTasks,
+    check_releases,
+    holding_runs,
+    orphaned_in_a_row,
+    plan_protection,
+)
 
 EPOCH = datetime(2026, 12, 1, tzinfo=UTC)
 SAMPLE_SECONDS = 60  # rate(1 minute)
@@ -43,6 +49,9 @@ class OursPublisher:
     sample_seconds: int = SAMPLE_SECONDS
     _orphaned_before: set[str] = field(default_factory=set)
     _crashed: set[int] = field(default_factory=set)
+    # What the publisher's ledger holds (prefect_backlog.aws.task_protection.ProtectionLedger): the expiries it
+    # read or set at its last sample; None before its first.
+    _known: dict[str, datetime] | None = None
 
     def sample(self) -> None:
         world, now = self.world, self.world.clock.now
@@ -54,12 +63,16 @@ class OursPublisher:
                           worker_name=f"ecs-{task_id}") for run, task_id in held]
         holding = holding_runs([(facts, True)], when(now))
         live = service.live()
+        live_ids = frozenset(t.id for t in live)
         stopped = {t.id for t in service.tasks if not t.live}
-        tasks = ServiceTasks(live=frozenset(t.id for t in live),
-                             protected={t.id: when(t.protected_until) for t in live
-                                        if t.protected_until is not None and t.protected(now)},
+        truth = {t.id: when(t.protected_until) for t in live if t.protected_until is not None and t.protected(now)}
+        protected = dict(truth)  # GetTaskProtection, each sample, after the runs were read
+        tasks = ServiceTasks(live=live_ids, protected=protected,
                              stopped=frozenset(holding.busy_tasks & stopped))  # STOPPED in this service
         plan = plan_protection(holding, tasks, refresh_before=when(now + self.sample_seconds) + REFRESH_MARGIN)
+        release: tuple[str, ...] = ()
+        if plan.release:  # the release rule shared with prefect-ecs-worker: read back, compare
+            release = check_releases(plan.release, self._known, protected, runs_read_at=when(now)).release
         backlog = QueueBacklog(late=book.late_waiting(now), due=book.due_waiting(now), pending=0, running=len(held),
                                oldest_late_age_seconds=0, paused=False, orphaned=len(plan.orphaned),
                                upcoming=book.upcoming(now, self.prewarm_seconds))
@@ -71,9 +84,13 @@ class OursPublisher:
         world.publish(self.deployed.step_metric, signal.task_shortfall)
         if self.task_protection:
             if plan.protect:
-                service.protect(plan.protect, protection_minutes(self.sample_seconds))
-            if plan.release:
-                service.release(plan.release)
+                minutes = protection_minutes(self.sample_seconds)
+                service.protect(plan.protect, minutes)
+                protected |= {t: when(now + 60 * minutes) for t in plan.protect}
+            if release:
+                service.release(release)
+                protected = {t: u for t, u in protected.items() if t not in release}
+        self._known = protected
         crash = orphaned_in_a_row(self._orphaned_before, plan.orphaned)
         self._orphaned_before = {r.id for r in plan.orphaned}
         crashed_ids = {r.id for r in crash}

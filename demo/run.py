@@ -21,9 +21,13 @@ within one, among the unprotected ones); and one worker per running task, named
 ``ecs-<task id>``, that claims due runs (state Pending and label
 ``prefect.worker.name``, as a Prefect 3 worker stamps it) and moves them on.
 Each worker polls at a phase of its own: about half claim before the cycle's
-sample, the others after it, so a run claimed after a sample waits for the next
-one to have its task protected, and a scale-in that lands before then can stop
-that task busy (the race a worker launcher that protects at the claim closes).
+sample, the others after it. By default each worker is started as
+``prefect-ecs-worker`` (worker/) starts it: it protects its own task at each
+claim (the agent endpoint's effect, on the stand-in, for 5 minutes), and the
+publisher releases by the rule the two share (docs/task-protection.md).
+``--no-launcher`` starts plain workers: a run claimed after a sample then waits
+for the next one to have its task protected, and a scale-in that lands before
+then can stop that task busy.
 A task stopped under a run it holds takes the run's process with it: the run
 stays in flight in Prefect, orphaned. Alarms and policies here are still the
 compressed per-cycle rules of ``demo/simulation.py``; ``make day-replay`` runs
@@ -242,7 +246,7 @@ def _short(task_ids: Sequence[str]) -> str:
     return "[" + " ".join(t[:6] for t in task_ids) + "]"
 
 
-LAUNCHER_PROTECTION_MINUTES = 5  # the launcher's expiresInMinutes; the publisher releases idle tasks
+LAUNCHER_PROTECTION_MINUTES = 5  # prefect_ecs_worker.options.DEFAULT_MINUTES; the publisher releases idle tasks
 
 class SimulatedEcs:
     """The configured ECS services on :class:`FakeEcs`, which the publisher gets as its ECS client.
@@ -567,7 +571,7 @@ class World:
     ecs: SimulatedEcs
     cloudwatch: Any
     warm: WarmState = field(default_factory=WarmState)
-    protect_at_claim: bool = False  # a worker launcher protects its task when its worker claims a run
+    protect_at_claim: bool = True  # prefect-ecs-worker protects its task when its worker claims a run
 
 
 def run_cycles(world: World, cycles: int, interval: float) -> tuple[list[Row], Timeline]:
@@ -680,7 +684,8 @@ def burst_lines(config: Config, rows: Sequence[Row], cycles: int) -> list[str]:
     return lines
 
 
-def outcome(config: Config, rows: Sequence[Row], workload: Workload, cycles: int, protection: bool) -> list[str]:
+def outcome(config: Config, rows: Sequence[Row], workload: Workload, cycles: int, protection: bool,
+            launcher: bool = True) -> list[str]:
     """The demo's checkable result: busy tasks stopped on scale-in, orphaned runs, when the bursts' tasks were up."""
     events = [r.ecs for r in rows]
     busy = sum(len(e.stopped_busy) for e in events)
@@ -692,7 +697,8 @@ def outcome(config: Config, rows: Sequence[Row], workload: Workload, cycles: int
     reported = (f"OrphanedFlowRuns last published: {sum(p for p in published if p is not None):g}"
                 if None not in published else
                 "OrphanedFlowRuns not published: with taskProtection false the publisher does not look at tasks")
-    return [f"Outcome (taskProtection {'on' if protection else 'off'}):",
+    return [f"Outcome (taskProtection {'on' if protection else 'off'}, workers "
+            f"{'protecting their task at the claim (prefect-ecs-worker)' if launcher else 'without the launcher'}):",
             f"  scale-in stopped {busy} busy task(s) (and {idle} idle); in {waited} cycle(s) a service stayed above "
             "its desired count because its tasks were protected",
             f"  orphaned runs: {orphaned} (runs whose task ECS stopped under them; they stay in flight in Prefect); "
@@ -738,9 +744,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=30, help="publisher samples to run (default 30)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds per cycle (default 5)")
     parser.add_argument("--no-protection", dest="protection", action="store_false",
-                        help="set taskProtection false for every service, to see what protection prevents")
-    parser.add_argument("--protect-at-claim", action="store_true",
-                        help="workers protect their own task when they claim a run (the worker launcher)")
+                        help="set taskProtection false for every service and start plain workers (no "
+                             "prefect-ecs-worker), to see what protection prevents")
+    parser.add_argument("--no-launcher", dest="protect_at_claim", action="store_false",
+                        help="workers started with plain `prefect worker start --name ecs-<task id>` instead of "
+                             "prefect-ecs-worker: a claim is unprotected until the publisher's next sample")
+    parser.add_argument("--protect-at-claim", dest="protect_at_claim", action="store_true",
+                        help="(the default) workers protect their own task when they claim a run, as "
+                             "prefect-ecs-worker does")
+    parser.set_defaults(protect_at_claim=True)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"seed of ECS's task IDs and scale-in picks (default {DEFAULT_SEED})")
     parser.add_argument("--chart", type=Path, default=None,
@@ -750,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=Path(os.environ.get("PREFECT3_VENV") or REPO_ROOT / ".venvs" / "prefect3"),
                         help="virtualenv holding the Prefect 3 server (default .venvs/prefect3)")
     args = parser.parse_args(argv)
+    if not args.protection:
+        args.protect_at_claim = False  # no protection at all: neither the publisher's nor the workers' own
     chart_path = args.chart or OUT_DIR / ("demo-chart.png" if args.protection else "demo-chart-no-protection.png")
     if not (args.prefect_venv / "bin" / "prefect").exists():
         print(f"no Prefect 3 server in {args.prefect_venv}: run `bash scripts/install-prefect.sh 3 "
@@ -805,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_began = time.monotonic()
             rows, timeline = run_cycles(world, args.cycles, args.interval)
             loop_seconds = time.monotonic() - loop_began
-            result = outcome(config, rows, workload, args.cycles, args.protection)
+            result = outcome(config, rows, workload, args.cycles, args.protection, args.protect_at_claim)
             chart_began = time.monotonic()
             path = chart(chart_path, config, policies, rows, timeline, args.interval, args.protection)
             chart_seconds = time.monotonic() - chart_began

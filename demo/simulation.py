@@ -34,8 +34,8 @@ One *cycle* stands for one publisher sample, i.e. one CloudWatch period
   Each worker claims either before or after the cycle's sample (its own poll
   phase, drawn per task in demo/run.py), so a run claimed after a sample is not
   protected until the next one, and a scale-in landing first stops its task
-  busy: the race that a worker launcher protecting at the claim closes
-  (``--protect-at-claim``). Scale-in victims are chosen as
+  busy: the race that prefect-ecs-worker, protecting at the claim, closes
+  (the demo's default; ``--no-launcher`` shows the race). Scale-in victims are chosen as
   ``harness.aws_model.ecs`` chooses them (``ecs_scale``).
 
 Cooldowns are left out: the step policy's 60 s is one cycle, and the target

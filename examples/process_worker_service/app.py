@@ -5,14 +5,21 @@ Process worker per task); the autoscaler attaches to the service object. With
 the library installed (``pip install prefect-ecs-autoscaler``, or ``pip install
 <path to this repository>``), from this directory:
 
-    npx cdk@2.1148.1 synth    # or deploy
+    npx cdk@2.1148.1 synth    # or deploy (which builds the worker image: needs Docker)
+
+The worker image is Prefect's with ``prefect-ecs-worker`` installed (``worker/Dockerfile`` of this
+repository, built as an image asset): it names each worker after its task and protects the task from
+scale-in at each claim (README, "Scale-in never stops a busy task"; docs/task-protection.md).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -23,12 +30,12 @@ PREFECT_API_URL = ("https://api.prefect.cloud/api/accounts/00000000-0000-0000-00
 API_KEY_SECRET = "prefect/cloud-api-key"  # created once: aws secretsmanager create-secret --name ... --secret-string
 RUNS_PER_TASK = 2
 
-# Each worker is named after its ECS task (from the task metadata endpoint), so the publisher can tell which
-# task runs which flow and protect the busy ones from scale-in. --limit matches target_backlog_per_task.
-WORKER_COMMAND = (
-    f"prefect worker start --pool process-pool --type process --limit {RUNS_PER_TASK} "
-    """--name "ecs-$(python3 -c 'import json,os,urllib.request; print(json.load(urllib.request.urlopen("""
-    """os.environ["ECS_CONTAINER_METADATA_URI_V4"] + "/task"))["TaskARN"].rsplit("/", 1)[1])')\"""")
+# This repository's worker/ (the prefect-ecs-worker distribution and its Dockerfile).
+WORKER_SOURCE = Path(__file__).resolve().parents[2] / "worker"
+# prefect-ecs-worker takes the options of `prefect worker start` but --name: it names the worker ecs-<task id>,
+# so the publisher can tell which task runs which flow, and protects its task at each claim. --limit matches
+# target_backlog_per_task.
+WORKER_COMMAND = ["prefect-ecs-worker", "--pool", "process-pool", "--type", "process", "--limit", str(RUNS_PER_TASK)]
 
 
 class ProcessWorkerStack(cdk.Stack):
@@ -40,9 +47,14 @@ class ProcessWorkerStack(cdk.Stack):
         api_key = secretsmanager.Secret.from_secret_name_v2(self, "ApiKey", API_KEY_SECRET)
 
         task = ecs.FargateTaskDefinition(self, "WorkerTask", cpu=1024, memory_limit_mib=4096)
+        # The launcher protects its own task through the ECS agent, which calls these with the task role.
+        task.add_to_task_role_policy(iam.PolicyStatement(
+            actions=["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"],
+            resources=[cdk.Stack.of(self).format_arn(service="ecs", resource="task",
+                                                     resource_name=f"{cluster.cluster_name}/*")]))
         task.add_container(
-            "worker", image=ecs.ContainerImage.from_registry("prefecthq/prefect:3-python3.12"),
-            command=["bash", "-c", WORKER_COMMAND],
+            "worker", image=ecs.ContainerImage.from_asset(str(WORKER_SOURCE)),
+            command=WORKER_COMMAND,
             environment={"PREFECT_API_URL": PREFECT_API_URL},
             secrets={"PREFECT_API_KEY": ecs.Secret.from_secrets_manager(api_key)},
             logging=ecs.LogDrivers.aws_logs(stream_prefix="worker", log_retention=logs.RetentionDays.ONE_MONTH))

@@ -3,9 +3,12 @@ phases are random: they follow the tasks' start latencies), and claims due runs 
 moment, whenever it falls between two publisher samples. A claimed run holds its slot for its duration (a
 Process worker runs it inside the task); a task stopped while it holds runs orphans them.
 
-``protect_at_claim``: the worker launcher protects its own task when its worker claims a run
-(``PUT $ECS_AGENT_URI/task-protection/v1/state``, https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-scale-in-protection-endpoint.html),
-closing the window between a claim and the publisher's next sample.
+``protect_at_claim``: the worker launcher (``prefect-ecs-worker``, worker/) protects its own task when its
+worker claims a run (``PUT $ECS_AGENT_URI/task-protection/v1/state``,
+https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-scale-in-protection-endpoint.html), closing
+the window between a claim and the publisher's next sample. As the launcher does: 5 minutes at the claim,
+once more 5 s later, and every 60 s while the task holds a run; it never releases
+(``prefect_ecs_worker.protector``; docs/task-protection.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from harness.aws_model.ecs import EcsService, Task
 from harness.aws_model.runs import Run, RunBook
 
 POLL_SECONDS = 10  # PREFECT_WORKER_QUERY_SECONDS' default
+# prefect_ecs_worker's defaults (options.DEFAULT_MINUTES, protector.CONFIRM_AFTER_SECONDS / REFRESH_EVERY_SECONDS;
+# tests/unit/aws_model/test_workers.py checks they agree)
+LAUNCHER_MINUTES = 5
+LAUNCHER_CONFIRM_SECONDS = 5.0
+LAUNCHER_REFRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -28,10 +36,11 @@ class Workers:
     slots: int  # the worker's --limit
     poll_seconds: float = POLL_SECONDS
     protect_at_claim: bool = False
-    protect_minutes: int = 5
+    protect_minutes: int = LAUNCHER_MINUTES
     holding: dict[str, list[Run]] = field(default_factory=dict)  # task id -> its runs
     busy_stopped: int = 0
     orphaned: list[Run] = field(default_factory=list)
+    _refreshing: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.service.on_started = self.started
@@ -57,7 +66,21 @@ class Workers:
             claimed = True
         if claimed and self.protect_at_claim:
             self.service.protect([task.id], self.protect_minutes)
+            self.clock.at(now + LAUNCHER_CONFIRM_SECONDS, lambda: self.refresh(task, again=False))
+            if not self._refreshing.get(task.id):
+                self._refreshing[task.id] = True
+                self.clock.at(now + LAUNCHER_REFRESH_SECONDS, lambda: self.refresh(task, again=True))
         self.clock.at(now + self.poll_seconds, lambda: self.poll(task))
+
+    def refresh(self, task: Task, again: bool) -> None:
+        """The launcher's confirmation (``again`` False) or periodic refresh: only while the task holds runs."""
+        if not task.live or not self.holding.get(task.id):
+            if again:
+                self._refreshing[task.id] = False
+            return
+        self.service.protect([task.id], self.protect_minutes)
+        if again:
+            self.clock.at(self.clock.now + LAUNCHER_REFRESH_SECONDS, lambda: self.refresh(task, again=True))
 
     def finish(self, task: Task, run: Run) -> None:
         if run.orphaned:

@@ -109,6 +109,60 @@ class ProtectionPlan:
     protected_after: frozenset[str] = field(default_factory=frozenset)  # what will be protected once applied
 
 
+# A worker writes a run's prefect.worker.name label right after the server accepted its Pending state (before
+# it even resolves the job: prefect/workers/base.py _submit_run_and_capture_errors), in about a second here; a
+# release decision assumes a run claimed more than this long before the runs were read carries its label.
+CLAIM_LABEL_SECONDS = 10
+# prefect-ecs-worker protects for at least this many minutes at each PUT (prefect_ecs_worker.options.MIN_MINUTES;
+# tests/unit/test_release_rule.py checks the two agree). An expiry E was therefore set no later than E minus this.
+WORKER_MINUTES_FLOOR = 5
+
+
+@dataclass(frozen=True)
+class ReleaseCheck:
+    """Which release candidates may be released, decided from their expiry read back just before."""
+
+    release: tuple[str, ...]  # nobody protected it since the runs were read (or since the publisher looked)
+    kept: Mapping[str, datetime]  # perhaps protected at a claim the runs read could not show: kept, expiry known
+    lapsed: frozenset[str]  # no longer protected (expired, or released elsewhere): nothing to do
+
+
+def check_releases(candidates: Iterable[str], known: Mapping[str, datetime] | None,
+                   read_back: Mapping[str, datetime], *, runs_read_at: datetime,
+                   label_grace_seconds: float = CLAIM_LABEL_SECONDS) -> ReleaseCheck:
+    """The release rule the publisher shares with ``prefect-ecs-worker`` (docs/task-protection.md).
+
+    ``candidates`` held no run when the runs were read (at ``runs_read_at`` or later). ``read_back``: the
+    protected ones among them as GetTaskProtection answers now, after that read. ``known``: each one's expiry
+    as the publisher knew it before this sample (what its own UpdateTaskProtection returned, or an earlier
+    read-back); None on a cold container.
+
+    A task is released when its protection cannot come from a claim the runs read missed, that is when
+
+    - its expiry is exactly the one the publisher knew: nobody PUT since it last looked; or
+    - its latest PUT, which was at most ``expiry - WORKER_MINUTES_FLOOR`` (every PUT, the worker's and the
+      publisher's, lasts at least that long), came more than ``label_grace_seconds`` before the runs were
+      read: a run claimed then, if still held, carried its worker's label in the read and made the task busy.
+
+    Otherwise it is kept, its new expiry becomes the known one, and the next sample decides (the first clause
+    then releases it unless it PUT again). What stays open is a PUT after the read-back: see the docs.
+    """
+    release: list[str] = []
+    kept: dict[str, datetime] = {}
+    lapsed: set[str] = set()
+    settled_before = runs_read_at - timedelta(seconds=label_grace_seconds)
+    for task in sorted(set(candidates)):
+        until = read_back.get(task)
+        if until is None:
+            lapsed.add(task)
+        elif (known is not None and known.get(task) == until) or \
+                until - timedelta(minutes=WORKER_MINUTES_FLOOR) < settled_before:
+            release.append(task)
+        else:
+            kept[task] = until
+    return ReleaseCheck(tuple(release), kept, frozenset(lapsed))
+
+
 def suspects(holding: Holding, tasks_live: frozenset[str]) -> frozenset[str]:
     """Tasks named by a holding run but not among the service's live tasks: ask ECS about each one."""
     return holding.busy_tasks - tasks_live

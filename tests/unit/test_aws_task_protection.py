@@ -53,7 +53,11 @@ def test_busy_tasks_are_protected_in_calls_of_ten_and_idle_ones_released(ecs: Fa
                        sample_interval_seconds=60)
     assert second.release == tuple(sorted(tasks[5:25])) and ecs.protected(*SERVICE) == set(tasks[:5])
     assert second.protect == ()  # still protected for 4 minutes: no refresh yet
-    assert [op for op, _ in ecs.calls] == ["ListTasks", "UpdateTaskProtection", "UpdateTaskProtection"]
+    # protection is read every sample (workers protect their own tasks), after the runs: the release rule's look
+    assert [op for op, _ in ecs.calls] == ["ListTasks", "GetTaskProtection", "UpdateTaskProtection",
+                                           "UpdateTaskProtection"]
+    (read,) = [a["tasks"] for op, a in ecs.calls if op == "GetTaskProtection"]
+    assert sorted(read) == sorted(tasks)
 
     ecs.calls.clear()
     reconcile(ecs, SERVICE, busy(*tasks[:5]), ledger, now=NOW + timedelta(minutes=3), sample_interval_seconds=60)
@@ -82,9 +86,19 @@ def test_an_idle_service_with_nothing_protected_costs_no_call(ecs: FakeEcs) -> N
 
 def test_a_cold_container_releases_what_an_earlier_one_left_protected(ecs: FakeEcs) -> None:
     tasks = ecs.service(*SERVICE, tasks=2)
-    ecs.tasks[tasks[0]].protected_until = NOW + timedelta(minutes=4)
+    ecs.tasks[tasks[0]].protected_until = NOW + timedelta(minutes=4)  # set a minute ago, at the latest
     outcome = reconcile(ecs, SERVICE, busy(), ProtectionLedger(), now=NOW, sample_interval_seconds=60)
     assert outcome.release == (tasks[0],) and ecs.protected(*SERVICE) == set()
+
+
+def test_a_cold_container_keeps_a_protection_set_just_before_its_read(ecs: FakeEcs) -> None:
+    tasks = ecs.service(*SERVICE, tasks=1)
+    ecs.tasks[tasks[0]].protected_until = NOW + timedelta(minutes=5, seconds=-5)  # a worker's PUT 5 s ago
+    ledger = ProtectionLedger()
+    first = reconcile(ecs, SERVICE, busy(), ledger, now=NOW, sample_interval_seconds=60)
+    assert first.release == () and ecs.protected(*SERVICE) == {tasks[0]} and first.protected == 1
+    second = reconcile(ecs, SERVICE, busy(), ledger, now=NOW + timedelta(minutes=1), sample_interval_seconds=60)
+    assert second.release == (tasks[0],)  # no PUT since the first look
 
 
 def test_listing_many_tasks_pages_by_100_and_asks_only_about_missing_ones(ecs: FakeEcs) -> None:

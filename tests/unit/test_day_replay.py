@@ -74,6 +74,10 @@ def test_without_protection_the_recipe_stops_busy_tasks_and_ours_with_the_launch
     assert by["steady", "recipe (min 1)"].busy_tasks_stopped > 0
     assert by["steady", "recipe (min 1)"].orphaned_runs >= by["steady", "recipe (min 1)"].busy_tasks_stopped
     assert all(by[d.name, day_replay.LAUNCHER].busy_tasks_stopped == 0 for d in small_days())
+    # ours without the launcher: a run claimed after a sample waits for the next one to be protected
+    assert by["steady", "ours"].busy_tasks_stopped > 0
+    # and the release rule the launcher shares with the publisher costs (almost) no task-minutes
+    assert by["steady", day_replay.LAUNCHER].task_minutes <= 1.05 * by["steady", "ours"].task_minutes
 
 
 def test_ratios_are_ours_over_the_bound(outcomes: list[day_replay.Outcome]) -> None:

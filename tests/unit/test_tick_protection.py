@@ -50,10 +50,17 @@ def test_busy_tasks_are_protected_idle_ones_released(prefect: FakePrefect, ecs: 
     prefect.add_runs("pool-b", "gpu", 1, "PAUSED", "Paused", worker=f"ecs-{paused_task}")
     prefect.add_runs("pool-b", "gpu", 1, "PAUSED", "Suspended", worker=f"ecs-{idle_task}")  # left its process
     prefect.add_runs("pool-b", "gpu", 1, "CANCELLING", worker=f"ecs-{running_task}")
-    report = tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
+    warm = WarmState()
+    cold = tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, warm)
+    # a cold container read the idle task's protection after the runs: released only at the next sample
+    assert ecs.protected("prefect", "process-worker") == {running_task, pending_task, paused_task, idle_task}
+    assert cold.protection_errors == 0
+    report = tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, warm)
     assert ecs.protected("prefect", "process-worker") == {running_task, pending_task, paused_task}
+    (process,) = [s.protection for s in report.services if s.protection and s.protection.release]
+    assert process.release == (idle_task,) and process.protected == 3
     cw = aws["cloudwatch"]
-    assert published(cw, "ProtectedTasks", **PROCESS) == 3
+    assert published(cw, "ProtectedTasks", **PROCESS) == 4  # the cold sample's (both samples are at NOW)
     assert published(cw, "DemandFlowRuns", **PROCESS) == 5  # 2 Running, 1 Pending, 1 Paused, 1 Cancelling
     assert published(cw, "OrphanedFlowRuns", **GPU) == 0  # checked: a true zero
     assert published(cw, "ProtectionErrors", Publisher="TestPublisher") == 0

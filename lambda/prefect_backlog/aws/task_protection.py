@@ -3,12 +3,18 @@
 Per service and sample: one ListTasks (per 100 tasks); DescribeTasks only for
 tasks that a run names but the list does not hold (to tell a stopped task from
 one that just started); UpdateTaskProtection only for what changes or must be
-refreshed (10 tasks per call); GetTaskProtection only the first time a
-container sees the service (afterwards the ledger knows what it set). A
-service with nothing to protect and nothing protected costs no call at all.
+refreshed (10 tasks per call); GetTaskProtection (100 tasks per call) each
+sample, since workers protect their own tasks. A service with nothing to
+protect and nothing protected at the last sample costs no call at all.
 
 A failed read or call never releases protection wholesale: what could not be
 done is left as it was (the expiry bounds the damage) and reported.
+
+Releases follow the rule shared with ``prefect-ecs-worker``, which protects its own task at each claim
+(``prefect_backlog.protection.check_releases``; docs/task-protection.md): the expiries GetTaskProtection
+reads each sample, after the runs were read, are compared with what this container knew before, and a task
+whose protection may come from a claim those runs could not show yet is kept; the next sample decides.
+Since tasks protect themselves, protection is read every sample (not only on a cold container).
 """
 
 from __future__ import annotations
@@ -30,7 +36,15 @@ from prefect_backlog.aws.ecs import (
     update_protection,
 )
 from prefect_backlog.backlog import RunFacts
-from prefect_backlog.protection import Holding, ProtectionPlan, ServiceTasks, plan_hold, plan_protection, suspects
+from prefect_backlog.protection import (
+    Holding,
+    ProtectionPlan,
+    ServiceTasks,
+    check_releases,
+    plan_hold,
+    plan_protection,
+    suspects,
+)
 
 # Protection lasts this many minutes past the next sample, and is refreshed once less than the margin
 # is left after the next sample: a publisher that stops leaves tasks protected a few minutes at most.
@@ -96,10 +110,9 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
     counted = CountingEcs(ecs)
     try:
         live = list_service_tasks(counted, cluster, name)
-        if known is None:
-            protected = read_protection(counted, cluster, live)
-        else:
-            protected = {t: until for t, until in known.items() if t in live}
+        # Every sample, after the runs were read: the worker protects its task itself at each claim, so what
+        # this container set is not all there is (and the read is what the release rule compares).
+        protected = read_protection(counted, cluster, live)
         asked = suspects(holding, live)
         gone = gone_tasks(counted, cluster, name, asked) if asked else GoneTasks()
     except Exception as exc:  # botocore's errors share no useful base beyond this
@@ -108,6 +121,10 @@ def reconcile(ecs: EcsTaskClient, service: ServiceKey, holding: Holding, ledger:
 
     plan = plan_protection(holding, ServiceTasks(live, protected, gone.stopped, gone.missing, online_workers),
                            refresh_before=_refresh_before(now, sample_interval_seconds))
+    if plan.release:  # the rule shared with prefect-ecs-worker; ``now`` was taken before the runs were read
+        check = check_releases(plan.release, known, protected, runs_read_at=now)
+        plan = replace(plan, release=check.release,
+                       protected_after=plan.protected_after | (frozenset(plan.release) - frozenset(check.release)))
     return _apply(counted, service, ledger, plan, protected, sample_interval_seconds, apply)
 
 

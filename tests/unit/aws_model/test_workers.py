@@ -67,3 +67,28 @@ def test_without_the_launcher_a_claim_is_unprotected_until_someone_protects_it()
     ecs.clock.run_until(250)
     (task,) = ecs.live()
     assert not task.protected(250)
+
+
+def test_the_models_launcher_is_prefect_ecs_workers_defaults() -> None:
+    from harness.aws_model import workers as model
+    from prefect_ecs_worker import options, protector
+
+    assert model.LAUNCHER_MINUTES == options.DEFAULT_MINUTES
+    assert model.LAUNCHER_CONFIRM_SECONDS == protector.CONFIRM_AFTER_SECONDS
+    assert model.LAUNCHER_REFRESH_SECONDS == protector.REFRESH_EVERY_SECONDS
+
+
+def test_the_launcher_refreshes_while_its_task_holds_a_run_and_never_releases() -> None:
+    ecs, _ = world([Run(due=200, seconds=600, announced=False)], protect_at_claim=True)
+    ecs.set_desired(1)
+    ecs.clock.run_until(250)
+    (task,) = ecs.live()
+    claimed = task.protected_until
+    ecs.clock.run_until(700)  # past the first 5 minutes: refreshed every minute since
+    assert task.protected(700) and task.protected_until is not None and claimed is not None
+    assert task.protected_until > claimed
+    ecs.clock.run_until(1000)  # the run ended at ~800: no refresh since, still protected (never released)
+    last = task.protected_until
+    assert task.protected(1000) and last is not None
+    ecs.clock.run_until(1300)
+    assert task.protected_until == last  # it lapses on its own; the publisher releases it sooner
