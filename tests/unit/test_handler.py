@@ -99,7 +99,7 @@ def test_handler_fails_visibly_when_nothing_can_be_read(prefect: FakePrefect, aw
                                                         packaged_config: Any) -> None:
     packaged_config(CONTEXT)
     prefect.faults["/work_queues/filter"] = failing(401)
-    with pytest.raises(handler.PublisherFailed, match="HTTP 401 from prefect.test, the API wants credentials"):
+    with pytest.raises(handler.PublisherFailed, match=r"HTTP 401 from prefect\.test, the API wants credentials"):
         handler.lambda_handler({}, FakeContext())
     cw = aws["cloudwatch"]
     assert published(cw, "QueueReadErrors", Publisher="TestPublisher") == 3  # health still reported

@@ -167,7 +167,7 @@ def test_a_whole_failure_reports_no_worker_health_even_though_it_was_read(
 def test_a_credential_rejected_by_the_worker_read_still_fails_the_tick(
         prefect: FakePrefect, aws: dict[str, Any]) -> None:
     prefect.faults["/work_pools/{pool}/workers/filter"] = failing(401)
-    with pytest.raises(PrefectAuthError, match="HTTP 401 from prefect.test, the API wants credentials"):
+    with pytest.raises(PrefectAuthError, match=r"HTTP 401 from prefect\.test, the API wants credentials"):
         tick(parse_config(CONTEXT), aws)
     assert published(aws["cloudwatch"], "QueuesRead", Publisher="TestPublisher") is None
 
