@@ -326,3 +326,31 @@ def test_protection_can_be_switched_off_per_service(prefect: FakePrefect, ecs: F
     tick(parse_config({**PUBLISHER_CONTEXT, "queues": queues}), ecs, aws, WarmState())
     assert ecs.protected("prefect", "process-worker") == set()
     assert published(aws["cloudwatch"], "ProtectedTasks", **PROCESS) is None
+
+
+def test_a_run_waiting_to_retry_keeps_its_process_workers_task_protected_and_is_its_demand(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
+    """#23: Prefect retries a failed flow in the same process; during the delay the run is AwaitingRetry."""
+    (retrying_task, idle_task) = ecs.service("prefect", "process-worker", tasks=2)
+    (submitter,) = ecs.tasks.keys() - {retrying_task, idle_task}
+    ecs.tasks[idle_task].protected_until = NOW + timedelta(minutes=2)  # protected while its run was Running
+    prefect.add_runs("pool-b", "gpu", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=-1, worker=f"ecs-{retrying_task}")
+    prefect.add_runs("pool-b", "gpu", 1, "SCHEDULED", "Scheduled", minutes_ago=-120, worker=f"ecs-{idle_task}")
+    # a submit-only worker's run retries inside its own task: not the worker service's demand, nor its task's
+    prefect.add_runs("pool-a", "default", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=1, worker=f"ecs-{submitter}")
+    report = tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
+    assert ecs.protected("prefect", "process-worker") == {retrying_task}  # the Scheduled one's task is released
+    assert ecs.protected("prefect", "ecs-worker") == set()
+    cw = aws["cloudwatch"]
+    assert published(cw, "DemandFlowRuns", **PROCESS) == 1
+    assert published(cw, "DemandFlowRuns", **ECS_WORKER) == 0
+    assert published(cw, "DueFlowRuns", WorkPool="pool-a", WorkQueue="default") == 0  # not due, not Late
+    assert published(cw, "LateFlowRuns", **GPU) == 0
+    assert report.orphaned == 0
+    (in_flight,) = [body for path, body in prefect.calls if path == "/flow_runs/filter"
+                    and "operator" in body["flow_runs"]["state"]
+                    and prefect.queue_id("pool-b", "gpu") in body["work_pool_queues"]["id"]["any_"]]
+    assert in_flight["flow_runs"]["state"]["name"] == {"any_": ["AwaitingRetry"]}
+    assert all("AwaitingRetry" not in body["flow_runs"]["state"].get("name", {}).get("any_", [])
+               for path, body in prefect.calls if path == "/flow_runs/filter" and "operator" not in
+               body["flow_runs"]["state"])  # the due stream leaves them out: no double count
