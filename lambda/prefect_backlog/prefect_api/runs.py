@@ -129,8 +129,9 @@ _DUE_NAMES = tuple(n for n in DUE_STATE_NAMES if n not in IN_FLIGHT_SCHEDULED_NA
 def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
     """Runs due now, and Scheduled runs starting within the pre-warm window: one stream, one page, per pool.
 
-    Too deep to page, it splits into Late runs and the rest: waiting (Scheduled, due) and upcoming runs, read apart only when one count of them together is not 0 (most ticks of a deep backlog
-    are Late runs and nothing else: one count instead of two). AwaitingRetry runs are read with the in-flight ones.
+    Too deep to page, it splits into Late runs and the rest: waiting (Scheduled, due) and upcoming runs,
+    read apart only when one count of them together is not 0 (most ticks of a deep backlog are Late runs
+    and nothing else: one count instead of two). AwaitingRetry runs are read with the in-flight ones.
     """
     window_end = now + timedelta(seconds=prewarm_seconds)
     # Late by state name alone: a Late run is due whatever its recorded time (the model says so too), and
