@@ -289,3 +289,37 @@ def test_service_settings_round_trip_in_every_entry() -> None:
                                                                                          maxCapacity=None)))
     assert [e["prewarmSeconds"] for e in config.to_context()["queues"]] == [90, 90]
     assert parse_config(config.to_context()) == config
+
+
+# --- orphanedRuns (#23): report, crash (crashOrphanedRuns: true is its older spelling), reschedule ------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, "report"),
+    ({"orphanedRuns": "reschedule"}, "reschedule"),
+    ({"orphanedRuns": "crash"}, "crash"),
+    ({"crashOrphanedRuns": True}, "crash"),  # the alias
+    ({"crashOrphanedRuns": "true"}, "crash"),  # as -c delivers it
+    ({"crashOrphanedRuns": False}, "report"),
+    ({"crashOrphanedRuns": True, "orphanedRuns": "crash"}, "crash"),  # both, agreeing
+    ({"crashOrphanedRuns": False, "orphanedRuns": "reschedule"}, "reschedule"),
+])
+def test_orphaned_runs_and_its_alias(given: dict[str, Any], expected: str) -> None:
+    config = parse_config(context(**given))
+    assert config.orphaned_runs == expected
+    assert config.crash_orphaned_runs is (expected == "crash")
+    canonical = config.to_context()
+    assert (canonical["orphanedRuns"], canonical["crashOrphanedRuns"]) == (expected, expected == "crash")
+    assert parse_config(canonical) == config
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"orphanedRuns": "retry"}, 'orphanedRuns: must be one of report, crash, reschedule, got "retry"'),
+    ({"orphanedRuns": True}, "orphanedRuns: must be one of report, crash, reschedule, got true"),
+    ({"crashOrphanedRuns": True, "orphanedRuns": "reschedule"},
+     'crashOrphanedRuns: is true but orphanedRuns is "reschedule": give orphanedRuns alone'),
+    ({"crashOrphanedRuns": True, "orphanedRuns": "report"}, 'crashOrphanedRuns: is true but orphanedRuns is "report"'),
+    ({"crashOrphanedRuns": False, "orphanedRuns": "crash"}, 'crashOrphanedRuns: is false but orphanedRuns is "crash"'),
+])
+def test_a_bad_or_conflicting_orphaned_runs_names_the_field(given: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(context(**given))), problems_of(context(**given))
