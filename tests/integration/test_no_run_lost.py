@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -83,15 +84,17 @@ def entry(pool: str, queue: str, service: str, in_task: bool) -> dict[str, Any]:
 
 
 @pytest.fixture(params=["3", "3.9"], ids=["prefect3", "prefect39"])
-def server3(request: pytest.FixtureRequest) -> PrefectServer:
+def server3(request: pytest.FixtureRequest, prefect_venv_for: Callable[[str], Path]) -> tuple[PrefectServer, Path]:
+    """A 3.8 or 3.9 server, and the venv of the same version for its worker (PrefectServer.version is "3" for
+    both)."""
     server: PrefectServer = request.getfixturevalue(f"prefect{request.param.replace('.', '')}_server")
-    return server
+    return server, prefect_venv_for(request.param)
 
 
 def test_a_run_waiting_to_retry_keeps_its_task_protected_and_is_its_services_demand(
-        server3: PrefectServer, prefect_venv_for: Callable[[str], Path], tmp_path: Path, aws: MotoAws) -> None:
-    venv = prefect_venv_for(server3.version)  # the worker runs the server's own version
-    c = BacklogClient(server3.api_url)
+        server3: tuple[PrefectServer, Path], tmp_path: Path, aws: MotoAws) -> None:
+    server, venv = server3
+    c = BacklogClient(server.api_url)
     pool = f"retry-{fake_task_id()[:8]}"
     c.create_pool(pool, type="process")
     flows = tmp_path / "flows"
@@ -103,14 +106,14 @@ def test_a_run_waiting_to_retry_keeps_its_task_protected_and_is_its_services_dem
     ecs.service(CLUSTER, "process-worker")
     ecs.start_task(CLUSTER, "process-worker", task)
     ecs.start_task(CLUSTER, "process-worker", idle)
-    in_task = parse_config({"prefectApiUrl": server3.api_url, "stackName": PUBLISHER,
+    in_task = parse_config({"prefectApiUrl": server.api_url, "stackName": PUBLISHER,
                             "queues": [entry(pool, "default", "process-worker", True)]})
     # The same queue as a submit-only worker's (its runs retry inside their own tasks): not its demand.
-    submit_only = parse_config({"prefectApiUrl": server3.api_url, "stackName": PUBLISHER,
+    submit_only = parse_config({"prefectApiUrl": server.api_url, "stackName": PUBLISHER,
                                 "queues": [entry(pool, "default", "ecs-worker", False)]})
     ecs.service(CLUSTER, "ecs-worker", tasks=1)
     warm, warm_submit = WarmState(), WarmState()
-    with ProcessWorker(venv, server3.api_url, pool, ecs_worker_name(task), limit=1, query_seconds=1,
+    with ProcessWorker(venv, server.api_url, pool, ecs_worker_name(task), limit=1, query_seconds=1,
                        prefetch_seconds=0) as worker:
         run_id = c.create_run(deployment, scheduled_now())["id"]
         waiting = wait_for_state(c, run_id, "SCHEDULED", "AwaitingRetry", timeout=120)
@@ -118,6 +121,10 @@ def test_a_run_waiting_to_retry_keeps_its_task_protected_and_is_its_services_dem
         retry_at = datetime.fromisoformat(waiting["state"]["state_details"]["scheduled_time"].replace("Z", "+00:00"))
         assert retry_at > datetime.now(UTC) + timedelta(seconds=10)  # still inside the delay for the checks below
         assert len(worker.processes()) >= 2  # the worker and the flow's engine, waiting in the task
+        worker_version = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import prefect; print(prefect.__version__)"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        assert worker_version.rsplit(".", 1)[0] == str(c.get("/admin/version")).rsplit(".", 1)[0]  # same 3.x
 
         report = tick(in_task, ecs, aws, warm)
         (queue,) = report.queues
