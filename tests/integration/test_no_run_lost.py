@@ -8,14 +8,19 @@
   (its ECS task dies; the ECS stand-in then reports the task STOPPED); after
   two samples its run is Scheduled again, and a second, live worker runs it.
   The live task's run stays Running, untouched.
-- On 2.18 (no worker labels; the harness runs no 2.x agent): a run put in
-  AwaitingRetry through the API is read with the in-flight states (the ``or_``
-  state filter) and counted as a Process agent's in-flight run, and the
-  forced Scheduled state that rescheduling writes is accepted as on 3.x.
+- On 2.18 (no worker labels): a REAL 2.18 agent runs the same flow; during the
+  delay the run is AwaitingRetry with the engine alive as the agent's child
+  process, and it is counted as the agent service's in-flight demand (no task
+  can be protected on 2.x). A run put in AwaitingRetry through the API is read
+  with the in-flight states (the ``or_`` state filter) on every version, and
+  the forced Scheduled state that rescheduling writes is accepted as on 3.x.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +43,7 @@ from harness.process_worker import (
     wait_for_state,
     write_flows,
 )
+from harness.processes import prefect_environment
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.prefect_api.queries import reschedule_if_orphaned
@@ -142,8 +148,57 @@ def test_a_run_waiting_to_retry_keeps_its_task_protected_and_is_its_services_dem
 
         done = wait_for_state(c, run_id, "COMPLETED", timeout=RETRY_DELAY_SECONDS + 90)
         assert done["run_count"] == 2
+        attempts = re.findall(r"flaky attempt pid=(\d+)", worker.read_log())
+        assert len(attempts) == 2 and len(set(attempts)) == 1  # the retry ran in the same engine process
         after = tick(in_task, ecs, aws, warm)
         assert ecs.protected(CLUSTER, "process-worker") == set() and after.services[0].demand == 0
+
+
+def test_on_2_18_an_agents_run_waiting_to_retry_is_its_services_demand(
+        prefect2_server: PrefectServer, prefect_venv_for: Callable[[str], Path], tmp_path: Path, aws: MotoAws) -> None:
+    """A real `prefect agent start` (2.18, Process infrastructure by default): the retry waits in the engine
+    process it started. 2.x runs carry no labels, so the run is demand but no task is protected."""
+    venv = prefect_venv_for("2")
+    c = BacklogClient(prefect2_server.api_url)
+    queue = f"retry-{fake_task_id()[:8]}"
+    target = c.agent_target(queue, flow_name="flaky")
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "flaky.py").write_text(FLAKY_PY)
+    deployment = create_local_deployment(c, target.pool, queue, flows, "flaky", filename="flaky.py",
+                                         name=f"flaky-{queue}")
+    home = tmp_path / "agent-home"
+    home.mkdir()
+    env = prefect_environment(venv, home, PREFECT_API_URL=prefect2_server.api_url, PREFECT_AGENT_QUERY_INTERVAL="2",
+                              PREFECT_AGENT_PREFETCH_SECONDS="0")
+    env.pop("PYTHONPATH", None)
+    with (tmp_path / "agent.log").open("wb") as log:
+        agent = subprocess.Popen([str(venv / "bin" / "prefect"), "agent", "start", "-q", queue], env=env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run_id = c.create_run(deployment, scheduled_now())["id"]
+        waiting = wait_for_state(c, run_id, "SCHEDULED", "AwaitingRetry", timeout=120)
+        assert "labels" not in waiting  # 2.x: no labels at all
+        children = subprocess.run(["ps", "-o", "args=", "--ppid", str(agent.pid)], capture_output=True,
+                                  text=True).stdout
+        assert "prefect.engine" in children  # the engine waits for the retry inside the agent's task
+        ecs = FakeEcs()
+        ecs.service(CLUSTER, "agent", tasks=1)
+        config = parse_config({"prefectApiUrl": c.api_url, "stackName": PUBLISHER, "queues": [
+            {"workQueue": queue, "cluster": CLUSTER, "service": "agent", "maxCapacity": 2, "runsInWorkerTask": True}]})
+        report = tick(config, ecs, aws, WarmState())
+        (result,) = report.queues
+        assert result.backlog is not None, result.error
+        assert (result.backlog.retrying, result.backlog.due, result.backlog.late) == (1, 0, 0)
+        assert report.services[0].demand == 1
+        assert ecs.protected(CLUSTER, "agent") == set()  # nothing names a task on 2.x
+        assert c.get_run(run_id)["state"]["name"] == "AwaitingRetry"
+        assert wait_for_state(c, run_id, "COMPLETED", timeout=RETRY_DELAY_SECONDS + 90)["run_count"] == 2
+        attempts = re.findall(r"flaky attempt pid=(\d+)", (tmp_path / "agent.log").read_text(errors="replace"))
+        assert len(attempts) == 2 and len(set(attempts)) == 1  # the retry ran in the same engine process
+    finally:
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
 
 
 @pytest.fixture
