@@ -169,10 +169,15 @@ class Alarms:
 
     def orphaned_runs(self, scope: Construct) -> None:
         """One alarm for the stack: runs whose worker's task has stopped stay orphaned (their process is gone)."""
-        crash = ("they are set to Crashed after two samples (crashOrphanedRuns is on): if this persists, check "
-                 "the publisher's logs for rejected changes" if self.config.crash_orphaned_runs else
-                 "cancel or mark them Crashed in Prefect (or set crashOrphanedRuns in cdk.json so the publisher "
-                 "does it); retries and automations then take over and their concurrency slots are freed")
+        crash = {
+            "crash": "they are set to Crashed after two samples (crashOrphanedRuns is on): if this persists, check "
+                     "the publisher's logs for rejected changes",
+            "reschedule": "they are set back to Scheduled after two samples (orphanedRuns is reschedule) for a live "
+                          "worker to run again: if this persists, check the publisher's logs for rejected changes",
+        }.get(self.config.orphaned_runs,
+              "cancel or mark them Crashed in Prefect (or set crashOrphanedRuns in cdk.json so the publisher "
+              "does it, or orphanedRuns reschedule to have them run again); retries and automations then take over "
+              "and their concurrency slots are freed")
         self._alarm(
             scope, "OrphanedRuns", "orphaned flow runs",
             metric=self.queries.publisher(metrics.ORPHANED_FLOW_RUNS, "Minimum"), threshold=0,

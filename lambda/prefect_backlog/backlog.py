@@ -18,10 +18,16 @@ LATE_STATE_NAME = "Late"
 # Only a run in exactly this state is announced ahead: AwaitingRetry and AwaitingConcurrencySlot wait on
 # something else than their start time.
 SCHEDULED_STATE_NAME = "Scheduled"
-# State types of runs that a worker has claimed and that have not finished. A PAUSED run named
-# "Paused" still holds its process; one named "Suspended" has left it (it resumes as a new submission).
+# The in-flight states, owned here (the query plan reads exactly these): runs a worker has claimed and whose
+# process (or submission) is still alive in the worker. By type: Pending, Running, Cancelling, and Paused when
+# named "Paused" (one named "Suspended" has left its process: it resumes as a new submission). By name, among
+# SCHEDULED-type states: AwaitingRetry, the run's engine waiting in its own process for its retry (Prefect retries
+# a failed flow in the same process: 2.18 engine "will attempt to run again", 3.x FlowRunEngine), but only a
+# worker's run (see RunFacts.retrying). AwaitingConcurrencySlot, Resuming and Scheduled have no process.
 IN_FLIGHT_STATE_TYPES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
 PAUSED_STATE_NAME = "Paused"
+AWAITING_RETRY_STATE_NAME = "AwaitingRetry"
+IN_FLIGHT_SCHEDULED_NAMES = (AWAITING_RETRY_STATE_NAME,)
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,21 @@ class RunFacts:
     labelled: bool = True  # False: the API has no labels at all (Prefect 2.x, or a 3.x server before 3.1.6)
 
     @property
+    def retrying(self) -> bool:
+        """Waiting to retry in its own process: AwaitingRetry, and a worker's run (its ``prefect.worker.name``
+        label, or no labels at all on this API: Prefect 2.x, where an agent's run cannot be told from another).
+
+        A SCHEDULED-type run, but never Late, and not due: its engine proposes Running itself when the delay
+        ends. An AwaitingRetry run that no worker labelled (created through the API) is left to :func:`is_due`.
+        """
+        return (self.state_type == "SCHEDULED" and self.state_name in IN_FLIGHT_SCHEDULED_NAMES
+                and (self.worker_name is not None or not self.labelled))
+
+    @property
     def in_flight(self) -> bool:
         """Claimed and not finished, with its flow process (or its submission) still alive in the worker."""
+        if self.state_type == "SCHEDULED":
+            return self.retrying
         return self.state_type in IN_FLIGHT_STATE_TYPES and (
             self.state_type != "PAUSED" or self.state_name == PAUSED_STATE_NAME)
 
@@ -58,6 +77,7 @@ class QueueBacklog:
     paused_runs: int = 0  # runs Paused in their process (not Suspended)
     orphaned: int = 0  # in-flight runs whose worker's task has stopped (their process is gone)
     upcoming: int = 0  # Scheduled runs starting within the service's prewarmSeconds
+    retrying: int = 0  # a worker's runs in AwaitingRetry: their process waits for the retry (RunFacts.retrying)
 
     @property
     def stuck_pending(self) -> int:
@@ -65,8 +85,10 @@ class QueueBacklog:
 
     @property
     def in_flight(self) -> int:
-        """Runs whose process is alive in a worker: Pending, Running, Cancelling and Paused, less the orphaned."""
-        return max(0, self.pending + self.running + self.cancelling + self.paused_runs - self.orphaned)
+        """Runs whose process is alive in a worker: Pending, Running, Cancelling, Paused and waiting to retry,
+        less the orphaned."""
+        return max(0, self.pending + self.running + self.cancelling + self.paused_runs + self.retrying
+                   - self.orphaned)
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,7 @@ class QueueCounts:
     cancelling: int = 0
     paused_runs: int = 0
     upcoming: int = 0
+    retrying: int = 0
     # The in-flight runs themselves (with their workers), when they were read one by one; None when only
     # counted (a deep backlog): task protection then reads them itself. Not part of what the counts equal.
     in_flight_runs: tuple[RunFacts, ...] | None = field(default=(), compare=False)
@@ -97,7 +120,7 @@ class QueueCounts:
                            stuck_pending_ids=self.stuck_pending_ids + other.stuck_pending_ids,
                            cancelling=self.cancelling + other.cancelling,
                            paused_runs=self.paused_runs + other.paused_runs, upcoming=self.upcoming + other.upcoming,
-                           in_flight_runs=runs)
+                           retrying=self.retrying + other.retrying, in_flight_runs=runs)
 
     def with_queue_state(self, now: datetime, *, paused: bool, queue_limit: int | None,
                          pool_limit_full: bool = False, orphaned: int = 0) -> QueueBacklog:
@@ -108,7 +131,7 @@ class QueueCounts:
                             stuck_pending_ids=self.stuck_pending_ids,
                             concurrency_limited=pool_limit_full or limit_reached(queue_limit, in_use),
                             cancelling=self.cancelling, paused_runs=self.paused_runs, orphaned=orphaned,
-                            upcoming=self.upcoming)
+                            upcoming=self.upcoming, retrying=self.retrying)
 
 
 def limit_reached(limit: int | None, in_use: int | None) -> bool:
@@ -127,7 +150,9 @@ def is_upcoming(run: RunFacts, now: datetime, window_seconds: float) -> bool:
 
 
 def is_due(run: RunFacts, now: datetime) -> bool:
-    if run.state_type != "SCHEDULED" or run.state_name not in DUE_STATE_NAMES:
+    """Waiting for a worker to start it: Scheduled or Late, or AwaitingRetry of no worker's, and its time has come.
+    A worker's run waiting to retry is in flight instead (its own process starts it): never due, never Late."""
+    if run.state_type != "SCHEDULED" or run.state_name not in DUE_STATE_NAMES or run.retrying:
         return False
     # A Late run is due by definition, whatever its recorded time.
     return run.state_name == LATE_STATE_NAME or (run.scheduled_at is not None and run.scheduled_at <= now)
@@ -142,6 +167,7 @@ class _Tally:
     cancelling: int = 0
     paused: int = 0
     upcoming: int = 0
+    retrying: int = 0
     oldest_late_at: datetime | None = None
     stuck: list[str] = field(default_factory=list)
     in_flight: list[RunFacts] = field(default_factory=list)
@@ -185,12 +211,14 @@ def summarize_runs(runs: Iterable[RunFacts], queue_ids: Iterable[str], now: date
                 tally.running += 1
             elif run.state_type == "CANCELLING":
                 tally.cancelling += 1
+            elif run.retrying:
+                tally.retrying += 1
             else:
                 tally.paused += 1
     return {q: QueueCounts(late=t.late, due=t.due, pending=t.pending, running=t.running,
                            oldest_late_at=t.oldest_late_at, stuck_pending_ids=tuple(t.stuck),
                            cancelling=t.cancelling, paused_runs=t.paused, upcoming=t.upcoming,
-                           in_flight_runs=tuple(t.in_flight))
+                           retrying=t.retrying, in_flight_runs=tuple(t.in_flight))
             for q, t in tallies.items()}
 
 
@@ -201,7 +229,7 @@ def queue_demand(backlog: QueueBacklog, runs_in_worker_task: bool) -> int:
     concurrency limit, are not demand: more workers cannot start them.
     Upcoming runs (Scheduled to start within the service's prewarmSeconds) are
     demand before they are due, so their tasks are up in time. Runs in flight
-    (Pending, Running, Cancelling, Paused) are demand only when they execute
+    (Pending, Running, Cancelling, Paused, a worker's AwaitingRetry) are demand only when they execute
     inside the worker's own task (Process worker): scaling that task in would
     kill them, and they still need it even while the queue is paused. Orphaned
     runs are not: their task is gone, and no task can bring their process back.

@@ -75,6 +75,11 @@ AUTH_SCHEMES: tuple[AuthScheme, ...] = ("bearer", "basic")
 # fleet's size (infra/monitoring/plan.py says how and why).
 MonitoringDetail = Literal["auto", "queue", "pool"]
 MONITORING_DETAILS: tuple[MonitoringDetail, ...] = ("auto", "queue", "pool")
+# What the publisher does with a run whose worker's ECS task has stopped (orphaned, found so in two samples in a
+# row): report it only (OrphanedFlowRuns and its alarm), set it to Crashed, or set it back to Scheduled (now) so a
+# live worker runs it again. crashOrphanedRuns: true is the older spelling of "crash".
+OrphanedRuns = Literal["report", "crash", "reschedule"]
+ORPHANED_RUNS: tuple[OrphanedRuns, ...] = ("report", "crash", "reschedule")
 
 MINUTE = 60
 HOUR = 3600
@@ -199,8 +204,13 @@ class Config:
     unpolled_alarm_seconds: int = DEFAULT_UNPOLLED_ALARM_SECONDS
     alarm_email: str | None = None  # None: the alarms notify nobody (no SNS topic)
     monitoring_detail: MonitoringDetail = "auto"
-    crash_orphaned_runs: bool = False  # opt-in: set runs whose worker task is gone to Crashed
-    max_crashes_per_run: int = DEFAULT_MAX_CRASHES_PER_RUN
+    orphaned_runs: OrphanedRuns = "report"  # what to do with runs whose worker task is gone
+    max_crashes_per_run: int = DEFAULT_MAX_CRASHES_PER_RUN  # the most orphaned runs one sample crashes or reschedules
+
+    @property
+    def crash_orphaned_runs(self) -> bool:
+        """The older setting crashOrphanedRuns, now ``orphanedRuns: "crash"``."""
+        return self.orphaned_runs == "crash"
 
     @property
     def work_pools(self) -> tuple[str, ...]:
@@ -368,6 +378,7 @@ TOP_LEVEL = Shape(build=dict, strict=False, settings=(
                                                   "must be one email address such as ops@example.com"), default=None),
     Setting("monitoringDetail", "monitoring_detail", one_of(*MONITORING_DETAILS), default="auto"),
     Setting("crashOrphanedRuns", "crash_orphaned_runs", boolean, default=False),
+    Setting("orphanedRuns", "orphaned_runs", one_of(*ORPHANED_RUNS), default="report"),
     Setting("maxCrashesPerRun", "max_crashes_per_run", integer(1), default=DEFAULT_MAX_CRASHES_PER_RUN),
 ))
 
@@ -405,8 +416,22 @@ def parse_config(context: Mapping[str, Any]) -> Config:
     if values["fast_mode"] and values["schedule"] != DEFAULT_SCHEDULE:
         problems.add("schedule", f"must be {DEFAULT_SCHEDULE} (or left out) with fastMode, which samples every "
                                  f"{FAST_SAMPLE_SECONDS} s inside each 1-minute invocation")
+    _orphaned_runs(problems, values, top.given)
     problems.raise_any()
     return Config(queues=queues, services=services, **values)
+
+
+def _orphaned_runs(problems: Problems, values: dict[str, Any], given: frozenset[str]) -> None:
+    """crashOrphanedRuns (older) into orphanedRuns: true means "crash"; given both, they must agree."""
+    crash = values.pop("crash_orphaned_runs")
+    if "crash_orphaned_runs" not in given:
+        return
+    if "orphaned_runs" not in given:
+        if crash:
+            values["orphaned_runs"] = "crash"
+    elif crash != (values["orphaned_runs"] == "crash"):
+        problems.add("crashOrphanedRuns", f'is {str(crash).lower()} but orphanedRuns is "{values["orphaned_runs"]}": '
+                                          'give orphanedRuns alone (crashOrphanedRuns: true is orphanedRuns "crash")')
 
 
 def _parse_entry(problems: Problems, index: int, item: Any) -> _QueueEntry | None:

@@ -29,7 +29,8 @@ class MetricDef:
 LATE_FLOW_RUNS = MetricDef("LateFlowRuns", Unit.COUNT, "Flow runs in state Late")
 DUE_FLOW_RUNS = MetricDef(
     "DueFlowRuns", Unit.COUNT,
-    "Flow runs due but not claimed: Late plus Scheduled/AwaitingRetry whose start time has passed")
+    "Flow runs due but not claimed: Late plus Scheduled whose start time has passed (AwaitingRetry only when no "
+    "worker's: a worker's run waiting to retry is in flight)")
 PENDING_FLOW_RUNS = MetricDef("PendingFlowRuns", Unit.COUNT, "Flow runs claimed by a worker, not yet running")
 RUNNING_FLOW_RUNS = MetricDef("RunningFlowRuns", Unit.COUNT, "Flow runs running")
 OLDEST_LATE_RUN_AGE = MetricDef(
@@ -103,9 +104,13 @@ PROTECTION_ERRORS = MetricDef(
     "ECS task reads or task-protection calls that failed this run; protection was left as it was")
 CRASHED_FLOW_RUNS = MetricDef(
     "CrashedFlowRuns", Unit.COUNT,
-    "Orphaned runs set to Crashed this run (only with crashOrphanedRuns)")
+    "Orphaned runs set to Crashed this run (only with orphanedRuns \"crash\", or crashOrphanedRuns)")
+RESCHEDULED_ORPHANED_FLOW_RUNS = MetricDef(
+    "RescheduledOrphanedFlowRuns", Unit.COUNT,
+    "Orphaned runs set back to Scheduled this run, for a live worker to run again (only with orphanedRuns "
+    "\"reschedule\")")
 PUBLISHER_METRICS = (QUEUES_READ, QUEUE_READ_ERRORS, SERVICE_READ_ERRORS, TICK_DURATION, RESCHEDULED_FLOW_RUNS,
-                     PROTECTION_ERRORS, ORPHANED_FLOW_RUNS, CRASHED_FLOW_RUNS)
+                     PROTECTION_ERRORS, ORPHANED_FLOW_RUNS, CRASHED_FLOW_RUNS, RESCHEDULED_ORPHANED_FLOW_RUNS)
 
 
 def queue_dimensions(work_pool: str, work_queue: str) -> dict[str, str]:

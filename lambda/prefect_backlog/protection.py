@@ -8,7 +8,7 @@ and released when it holds none. A run names its worker (label
 ``ecs-<task id>`` names its task.
 
 A task holds a run while the run's process lives in it: Pending, Running,
-Cancelling and Paused, when runs execute inside the worker task
+Cancelling, Paused and waiting to retry (AwaitingRetry), when runs execute inside the worker task
 (``runsInWorkerTask``); otherwise only while Pending, the window in which the
 worker is still submitting the run as its own infrastructure, and a worker
 stopped then leaves the run stuck in Pending.
@@ -182,8 +182,10 @@ def plan_protection(holding: Holding, tasks: ServiceTasks, *, refresh_before: da
     busy = holding.busy_tasks & tasks.live
     protect = sorted(t for t in busy if tasks.protected.get(t) is None or tasks.protected[t] < refresh_before)
     release = sorted(t for t in tasks.protected if t in tasks.live and t not in busy)
+    # A run waiting to retry is Scheduled-type: once due, any live worker claims it, so it is never an orphan.
     orphaned = tuple(run for task in sorted(holding.busy_tasks & (tasks.stopped | tasks.missing))
-                     for run in holding.mapped[task] if task in tasks.stopped or _worker_gone(run, tasks))
+                     for run in holding.mapped[task]
+                     if not run.retrying and (task in tasks.stopped or _worker_gone(run, tasks)))
     protected_after = (frozenset(tasks.protected) & tasks.live | busy) - frozenset(release)
     return ProtectionPlan(tuple(protect), tuple(release), orphaned, protected_after)
 
@@ -229,12 +231,13 @@ def still_orphaned(current: RunFacts, seen: RunFacts, runs_in_worker_task: bool,
                    stuck_after_seconds: float) -> bool:
     """Whether a run found orphaned, read again just before it is crashed, is still held by its dead task.
 
-    It must be under the same worker and hold its task by :func:`holds_task`'s rule. A worker that launches
+    It must be under the same worker and hold its task by :func:`holds_task`'s rule, and not be waiting to
+    retry (a Scheduled-type run: any live worker claims it once due). A worker that launches
     each run as its own task holds it only while Pending, and a Pending run whose worker died right after
     submitting may still start and turn Running in its own task: it is crashed only once it has been Pending
     longer than a worker needs (``stuck_after_seconds``), never once Running.
     """
-    if current.worker_name != seen.worker_name or not holds_task(current, runs_in_worker_task):
+    if current.worker_name != seen.worker_name or current.retrying or not holds_task(current, runs_in_worker_task):
         return False
     return runs_in_worker_task or is_stuck_pending(current, now, stuck_after_seconds)
 

@@ -1,4 +1,5 @@
-"""The publisher's opt-in writes to Prefect: runs stuck in Pending back to Scheduled, orphaned runs to Crashed.
+"""The publisher's opt-in writes to Prefect: runs stuck in Pending back to Scheduled, orphaned runs to Crashed
+or back to Scheduled (``orphanedRuns``).
 
 Both are capped per run and careful: each run is read again just before it is
 changed (Prefect's set_state has no compare-and-set), and every change is
@@ -14,7 +15,7 @@ from datetime import datetime
 from prefect_backlog.backlog import RunFacts
 from prefect_backlog.config import Config, QueueConfig
 from prefect_backlog.prefect_api import PrefectClient, PrefectError
-from prefect_backlog.protection import still_orphaned
+from prefect_backlog.protection import still_orphaned, task_id_of
 
 log = logging.getLogger("prefect_backlog")
 
@@ -67,3 +68,46 @@ def crash_orphaned_runs(config: Config, client: PrefectClient, orphaned: Sequenc
         log.warning("more orphaned runs than one run may crash", extra={
             "orphaned": len(orphaned), "max_crashes_per_run": config.max_crashes_per_run})
     return crashed
+
+
+def reschedule_orphaned_runs(config: Config, client: PrefectClient,
+                             orphaned: Sequence[tuple[QueueConfig, RunFacts]],
+                             now: datetime) -> list[tuple[QueueConfig, RunFacts]]:
+    """Runs found orphaned in two samples in a row back to Scheduled (due now), so a live worker runs them again:
+    at most ``max_crashes_per_run`` per sample; returns those Prefect accepted.
+
+    Each one is read again just before and changed only if it still holds its dead task
+    (:func:`still_orphaned`) in the very state it was found in: a run that moved on since has something alive
+    behind it. The state message names the task that died.
+    """
+    rescheduled: list[tuple[QueueConfig, RunFacts]] = []
+    for queue, run in orphaned[:config.max_crashes_per_run]:
+        task = task_id_of(run.worker_name)
+        message = (f"Rescheduled by the ECS autoscaler of {config.stack_name}: ECS task {task} of worker "
+                   f"{run.worker_name!r} has stopped while this run was {run.state_name}, so its process is gone; "
+                   "a live worker runs it again")
+        in_task = bool(queue.runs_in_worker_task)
+
+        def still(current: RunFacts, seen: RunFacts = run, in_task: bool = in_task) -> bool:
+            return ((current.state_type, current.state_name) == (seen.state_type, seen.state_name)
+                    and still_orphaned(current, seen, in_task, now, config.stuck_pending_seconds))
+
+        try:
+            accepted = client.reschedule_if_orphaned(run.id, still, message, now)
+        except PrefectError as exc:
+            log.warning(f"could not reschedule orphaned run {run.id} of {queue.label}: {exc}", extra={
+                "queue": queue.label, "flow_run_id": run.id, "ecs_task": task, "cause": str(exc)})
+            continue
+        if accepted:
+            rescheduled.append((queue, run))
+            log.info(f"set orphaned run {run.id} of {queue.label} back to Scheduled (ECS task {task} of worker "
+                     f"{run.worker_name} has stopped)", extra={
+                         "queue": queue.label, "flow_run_id": run.id, "worker": run.worker_name, "ecs_task": task})
+        else:
+            log.info(f"left orphaned run {run.id} of {queue.label} as it is: read again it no longer holds ECS task "
+                     f"{task}, or Prefect did not accept the change",
+                     extra={"queue": queue.label, "flow_run_id": run.id, "ecs_task": task})
+    if len(orphaned) > config.max_crashes_per_run:
+        log.warning("more orphaned runs than one sample may reschedule (maxCrashesPerRun)", extra={
+            "orphaned": len(orphaned), "max_crashes_per_run": config.max_crashes_per_run})
+    return rescheduled

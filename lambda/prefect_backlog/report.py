@@ -50,6 +50,13 @@ class QueueResult:
             return self
         return replace(self, backlog=replace(self.backlog, orphaned=orphaned), orphans_known=True)
 
+    def with_rescheduled(self, rescheduled: int) -> QueueResult:
+        """Orphaned runs it set back to Scheduled in this sample: due now (demand at once), still reported
+        as read (Running, orphaned)."""
+        if self.backlog is None or not rescheduled:
+            return self
+        return replace(self, backlog=replace(self.backlog, due=self.backlog.due + rescheduled))
+
 
 @dataclass(frozen=True)
 class ServiceResult:
@@ -74,6 +81,7 @@ class TickReport:
     whole_failure: str | None = None  # set when nothing could be read at all
     rescheduled: int = 0
     crashed: int = 0
+    rescheduled_orphans: int = 0  # orphaned runs set back to Scheduled (orphanedRuns "reschedule")
     prefect_requests: int = 0
     put_metric_data_calls: int = 0
     duration_ms: float = 0.0
@@ -115,6 +123,7 @@ class TickReport:
             "protectedTasks": sum(s.protection.protected or 0 for s in self.services if s.protection),
             "orphanedFlowRuns": self.orphaned,
             "crashedFlowRuns": self.crashed,
+            "rescheduledOrphanedFlowRuns": self.rescheduled_orphans,
             "protectionErrors": self.protection_errors,
             "ecsTaskCalls": self.ecs_task_calls,
             "putMetricDataCalls": self.put_metric_data_calls,
@@ -252,4 +261,6 @@ def metric_data(report: TickReport, publisher: str) -> list[Datum]:
         data.append(Datum(metrics.RESCHEDULED_FLOW_RUNS, dims, report.rescheduled))
     if report.crashed:
         data.append(Datum(metrics.CRASHED_FLOW_RUNS, dims, report.crashed))
+    if report.rescheduled_orphans:
+        data.append(Datum(metrics.RESCHEDULED_ORPHANED_FLOW_RUNS, dims, report.rescheduled_orphans))
     return data

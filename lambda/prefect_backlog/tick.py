@@ -26,7 +26,7 @@ from prefect_backlog.fanout import Fanout
 from prefect_backlog.late_cause import FIELD_CAUSE, FIELD_DETAIL, FIELD_LATE, FIELD_QUEUE
 from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
 from prefect_backlog.protection import LABELS_WORKER, Holding, holding_runs, orphaned_in_a_row, why_unlabelled
-from prefect_backlog.remediation import crash_orphaned_runs, reschedule_stuck_runs
+from prefect_backlog.remediation import crash_orphaned_runs, reschedule_orphaned_runs, reschedule_stuck_runs
 from prefect_backlog.report import QueueResult, TickReport, compute_services, late_causes, metric_data
 
 log = logging.getLogger("prefect_backlog")
@@ -263,6 +263,14 @@ def _with_orphans(queues: Sequence[QueueResult], config: Config, step: Protectio
     return [q.with_orphans(orphaned.get(q.config.index, 0)) if q.config.index in checked else q for q in queues]
 
 
+def _with_rescheduled(queues: Sequence[QueueResult],
+                      rescheduled: Sequence[tuple[QueueConfig, RunFacts]]) -> list[QueueResult]:
+    per_queue: dict[int, int] = {}
+    for queue, _ in rescheduled:
+        per_queue[queue.index] = per_queue.get(queue.index, 0) + 1
+    return [q.with_rescheduled(per_queue.get(q.config.index, 0)) for q in queues]
+
+
 # --- one sample -------------------------------------------------------------------------------
 
 
@@ -287,6 +295,14 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         # Even when Prefect could not be read at all: protection must outlast the outage.
         step = protect_tasks(config, client, queues, pools, ecs, fanout, warm, now, protection)
         queues = _with_orphans(queues, config, step)
+        orphaned_twice = orphaned_in_a_row(warm.orphaned, [run for _, run in step.orphaned])
+        twice = {run.id for run in orphaned_twice}
+        rescheduled: list[tuple[QueueConfig, RunFacts]] = []
+        if writes and config.orphaned_runs == "reschedule" and twice:
+            # Before the signals: a run set back to Scheduled is demand again in this very sample.
+            rescheduled = reschedule_orphaned_runs(config, client, [(q, r) for q, r in step.orphaned if r.id in twice],
+                                                   now)
+            queues = _with_rescheduled(queues, rescheduled)
         task_counts = ecs_read.result()
         _note_rebalancing(config, task_counts, warm)
         report = TickReport(now=now, queues=queues, pools=pools, whole_failure=whole_failure,
@@ -297,9 +313,8 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
         if writes and config.reschedule_stuck_pending:
             stuck = [(q.config, run_id) for q in queues if q.backlog for run_id in q.backlog.stuck_pending_ids]
             report.rescheduled = reschedule_stuck_runs(config, client, stuck, now)
-        orphaned_twice = orphaned_in_a_row(warm.orphaned, [run for _, run in step.orphaned])
+        report.rescheduled_orphans = len(rescheduled)
         if writes and config.crash_orphaned_runs and orphaned_twice:
-            twice = {run.id for run in orphaned_twice}
             report.crashed = crash_orphaned_runs(config, client, [(q, r) for q, r in step.orphaned if r.id in twice],
                                                  now)
         warm.orphaned = {run.id for _, run in step.orphaned}

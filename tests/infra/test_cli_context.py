@@ -51,6 +51,7 @@ SETTINGS: dict[str, Any] = {
     "alarmEmail": "ops@example.com",
     "monitoringDetail": "pool",
     "crashOrphanedRuns": True,
+    "orphanedRuns": "crash",  # the alias and the setting, agreeing
     "maxCrashesPerRun": 3,
 }
 

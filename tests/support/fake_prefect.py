@@ -136,9 +136,11 @@ class FakePrefect:
     def _set_state(self, body: dict[str, Any]) -> dict[str, Any]:
         run = self.run(self._run_id())
         state = body["state"]
+        scheduled = (state.get("state_details") or {}).get("scheduled_time") or NOW.isoformat()
         run.update(state_type=state["type"], state_name=state.get("name") or state["type"].title(),
-                   state={"type": state["type"], "name": state.get("name"), "timestamp": NOW.isoformat()},
-                   next_scheduled_start_time=NOW.isoformat() if state["type"] == "SCHEDULED" else None)
+                   state={"type": state["type"], "name": state.get("name"), "timestamp": NOW.isoformat(),
+                          "message": state.get("message"), "forced": bool(body.get("force"))},
+                   next_scheduled_start_time=scheduled if state["type"] == "SCHEDULED" else None)
         return {"status": "ACCEPT", "state": run["state"]}
 
     def _queues(self, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,9 +165,9 @@ class FakePrefect:
         for run in self.runs:
             if run["work_queue_id"] not in ids:
                 continue
-            if "type" in state and run["state_type"] not in state["type"]["any_"]:
-                continue
-            if "name" in state and run["state_name"] not in state["name"]["any_"]:
+            checks = [run["state_type"] in state["type"]["any_"]] if "type" in state else []
+            checks += [run["state_name"] in state["name"]["any_"]] if "name" in state else []
+            if checks and not (any(checks) if state.get("operator") == "or_" else all(checks)):
                 continue
             if before and not (run["next_scheduled_start_time"] and run["next_scheduled_start_time"] <= before):
                 continue

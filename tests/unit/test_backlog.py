@@ -106,3 +106,40 @@ def test_a_used_up_concurrency_limit_holds_the_backlog_but_adds_no_demand(
     backlog = counts.with_queue_state(NOW, paused=False, queue_limit=queue_limit, pool_limit_full=pool_full)
     assert backlog.concurrency_limited is limited and backlog.late == 5
     assert queue_demand(backlog, runs_in_worker_task=False) == demand
+
+
+# --- a run waiting to retry (#23) -------------------------------------------------------------------
+
+
+def retry(minutes_ago: float, *, worker: str | None = "ecs-" + "a" * 32, labelled: bool = True,
+          name: str = "AwaitingRetry", run_id: str | None = None) -> RunFacts:
+    return RunFacts(id=run_id or f"{name}-{minutes_ago}-{worker}-{labelled}", queue_id="q", state_type="SCHEDULED",
+                    state_name=name, scheduled_at=NOW - timedelta(minutes=minutes_ago), worker_name=worker,
+                    labelled=labelled)
+
+
+@pytest.mark.parametrize(("run_", "retrying", "due"), [
+    (retry(-1), 1, 0),  # a worker's run during its retry delay: in flight
+    (retry(1), 1, 0),  # past its retry time (its engine is about to propose Running): in flight, never due
+    (retry(-1, worker=None, labelled=False), 1, 0),  # 2.x: no labels at all, an agent's run: in flight
+    (retry(1, worker=None), 0, 1),  # labels exist but no worker's: created through the API, due as before
+    (retry(-1, worker=None), 0, 0),  # ... and not yet due
+    (retry(1, name="Scheduled"), 0, 1),  # Scheduled under a worker's label (e.g. rescheduled): due, not in flight
+    (retry(-1, name="Scheduled"), 0, 0),
+    (retry(1, name="AwaitingConcurrencySlot"), 0, 0),  # no process, waits on a limit
+])
+def test_a_workers_run_awaiting_retry_is_in_flight_never_due_nor_late(run_: RunFacts, retrying: int,
+                                                                     due: int) -> None:
+    counts = summarize_runs([run_], ["q"], NOW, 900)["q"]
+    assert (counts.retrying, counts.due, counts.late, counts.upcoming) == (retrying, due, 0, 0)
+    assert run_.in_flight is bool(retrying)
+    assert counts.in_flight_runs == ((run_,) if retrying else ())
+
+
+@pytest.mark.parametrize(("in_task", "expected"), [(True, 2), (False, 0)])
+def test_runs_waiting_to_retry_are_demand_only_where_runs_live_in_the_worker_task(in_task: bool,
+                                                                                   expected: int) -> None:
+    counts = summarize_runs([retry(-1, run_id="1"), retry(-2, run_id="2")], ["q"], NOW, 900, prewarm={"q": 600})["q"]
+    backlog = counts.with_queue_state(NOW, paused=True, queue_limit=None)  # paused: in flight still needs its task
+    assert backlog.in_flight == 2
+    assert queue_demand(backlog, runs_in_worker_task=in_task) == expected

@@ -303,3 +303,37 @@ def test_the_readmes_error_example_is_what_the_parser_says() -> None:
                       "queues": [{"workPool": "p", "workQueue": "q", "cluster": "c", "servcie": "s",
                                   "minCapacity": 3, "maxCapacity": 1}]})
     assert shown == f"Configuration error (cdk.json context or -c options): {raised.value}"
+
+
+# --- orphanedRuns (#23): report, crash (crashOrphanedRuns: true is its older spelling), reschedule ------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, "report"),
+    ({"orphanedRuns": "reschedule"}, "reschedule"),
+    ({"orphanedRuns": "crash"}, "crash"),
+    ({"crashOrphanedRuns": True}, "crash"),  # the alias
+    ({"crashOrphanedRuns": "true"}, "crash"),  # as -c delivers it
+    ({"crashOrphanedRuns": False}, "report"),
+    ({"crashOrphanedRuns": True, "orphanedRuns": "crash"}, "crash"),  # both, agreeing
+    ({"crashOrphanedRuns": False, "orphanedRuns": "reschedule"}, "reschedule"),
+])
+def test_orphaned_runs_and_its_alias(given: dict[str, Any], expected: str) -> None:
+    config = parse_config(context(**given))
+    assert config.orphaned_runs == expected
+    assert config.crash_orphaned_runs is (expected == "crash")
+    canonical = config.to_context()
+    assert (canonical["orphanedRuns"], canonical["crashOrphanedRuns"]) == (expected, expected == "crash")
+    assert parse_config(canonical) == config
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"orphanedRuns": "retry"}, 'orphanedRuns: must be one of report, crash, reschedule, got "retry"'),
+    ({"orphanedRuns": True}, "orphanedRuns: must be one of report, crash, reschedule, got true"),
+    ({"crashOrphanedRuns": True, "orphanedRuns": "reschedule"},
+     'crashOrphanedRuns: is true but orphanedRuns is "reschedule": give orphanedRuns alone'),
+    ({"crashOrphanedRuns": True, "orphanedRuns": "report"}, 'crashOrphanedRuns: is true but orphanedRuns is "report"'),
+    ({"crashOrphanedRuns": False, "orphanedRuns": "crash"}, 'crashOrphanedRuns: is false but orphanedRuns is "crash"'),
+])
+def test_a_bad_or_conflicting_orphaned_runs_names_the_field(given: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems_of(context(**given))), problems_of(context(**given))

@@ -104,6 +104,7 @@ def test_count_mode_reads_the_oldest_late_run_of_many_queues_in_one_list(prefect
     for minute in range(1, 301):
         prefect.add_runs("pool-a", f"d{minute % 3}", 1, "SCHEDULED", "Late", minutes_ago=minute)
     prefect.add_runs("pool-a", "d3", 2, "SCHEDULED", "Scheduled", minutes_ago=3)
+    # waiting to retry (no labels: as on 2.x, an agent's): read in flight, never due
     prefect.add_runs("pool-a", "d0", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=1)
     prefect.add_runs("pool-a", "d0", 500, "SCHEDULED", "Late", minutes_ago=0.5)
     c = client()
@@ -118,7 +119,8 @@ def test_count_mode_reads_the_oldest_late_run_of_many_queues_in_one_list(prefect
         return [counts[q.id] for q in queues], lists  # type: ignore[misc]
 
     (d0, d1, d2, d3), lists = read()
-    assert (d0.late, d0.due, d1.late, d1.due, d3.late, d3.due) == (600, 601, 100, 100, 0, 2)
+    assert (d0.late, d0.due, d1.late, d1.due, d3.late, d3.due) == (600, 600, 100, 100, 0, 2)
+    assert (d0.retrying, d1.retrying) == (1, 0)
     assert [minutes_late(d) for d in (d0, d1, d2)] == [300, 298, 299]
     assert d3.oldest_late_at is None
     assert lists == [(4, 16)]  # one shared list of the oldest Late runs answers for every queue

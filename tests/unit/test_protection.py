@@ -170,3 +170,21 @@ def test_a_run_is_still_orphaned_only_while_its_dead_task_holds_it(
     seen = run("PENDING" if not in_task else "RUNNING", f"ecs-{A}")
     current = run(state_type, worker, since_seconds=pending_seconds)
     assert still_orphaned(current, seen, in_task, NOW, stuck_after_seconds=900) is still
+
+
+def test_a_run_waiting_to_retry_holds_a_process_workers_task_and_is_never_an_orphan() -> None:
+    waiting = RunFacts(id="w", queue_id="q", state_type="SCHEDULED", state_name="AwaitingRetry",
+                       scheduled_at=NOW + timedelta(seconds=40), worker_name=f"ecs-{A}")
+    assert holds_task(waiting, runs_in_worker_task=True)
+    assert not holds_task(waiting, runs_in_worker_task=False)  # retries inside its own task
+    unlabelled = RunFacts(id="u", queue_id="q", state_type="SCHEDULED", state_name="AwaitingRetry",
+                          scheduled_at=NOW, worker_name=None, labelled=True)
+    assert not holds_task(unlabelled, runs_in_worker_task=True)  # no worker's: not in flight at all
+    holding = holding_runs([([waiting], True)], NOW)
+    assert holding.busy_tasks == {A}
+    plan = plan_protection(holding, ServiceTasks(live=frozenset({A}), protected={}), refresh_before=NOW)
+    assert plan.protect == (A,)
+    gone = plan_protection(holding, ServiceTasks(live=frozenset(), protected={}, stopped=frozenset({A})),
+                           refresh_before=NOW)
+    assert gone.orphaned == ()  # Scheduled-type: any live worker claims it once due
+    assert not still_orphaned(waiting, waiting, True, NOW, stuck_after_seconds=900)

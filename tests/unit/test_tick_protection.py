@@ -333,3 +333,119 @@ def test_protection_can_be_switched_off_per_service(prefect: FakePrefect, ecs: F
     tick(parse_config({**PUBLISHER_CONTEXT, "queues": queues}), ecs, aws, WarmState())
     assert ecs.protected("prefect", "process-worker") == set()
     assert published(aws["cloudwatch"], "ProtectedTasks", **PROCESS) is None
+
+
+def test_a_run_waiting_to_retry_keeps_its_process_workers_task_protected_and_is_its_demand(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
+    """#23: Prefect retries a failed flow in the same process; during the delay the run is AwaitingRetry."""
+    (retrying_task, idle_task) = ecs.service("prefect", "process-worker", tasks=2)
+    (submitter,) = ecs.tasks.keys() - {retrying_task, idle_task}
+    ecs.tasks[idle_task].protected_until = NOW + timedelta(minutes=2)  # protected while its run was Running
+    prefect.add_runs("pool-b", "gpu", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=-1, worker=f"ecs-{retrying_task}")
+    prefect.add_runs("pool-b", "gpu", 1, "SCHEDULED", "Scheduled", minutes_ago=-120, worker=f"ecs-{idle_task}")
+    # a submit-only worker's run retries inside its own task: not the worker service's demand, nor its task's
+    prefect.add_runs("pool-a", "default", 1, "SCHEDULED", "AwaitingRetry", minutes_ago=1, worker=f"ecs-{submitter}")
+    report = tick(parse_config(PUBLISHER_CONTEXT), ecs, aws, WarmState())
+    assert ecs.protected("prefect", "process-worker") == {retrying_task}  # the Scheduled one's task is released
+    assert ecs.protected("prefect", "ecs-worker") == set()
+    cw = aws["cloudwatch"]
+    assert published(cw, "DemandFlowRuns", **PROCESS) == 1
+    assert published(cw, "DemandFlowRuns", **ECS_WORKER) == 0
+    assert published(cw, "DueFlowRuns", WorkPool="pool-a", WorkQueue="default") == 0  # not due, not Late
+    assert published(cw, "LateFlowRuns", **GPU) == 0
+    assert report.orphaned == 0
+    (in_flight,) = [body for path, body in prefect.calls if path == "/flow_runs/filter"
+                    and "operator" in body["flow_runs"]["state"]
+                    and prefect.queue_id("pool-b", "gpu") in body["work_pool_queues"]["id"]["any_"]]
+    assert in_flight["flow_runs"]["state"]["name"] == {"any_": ["AwaitingRetry"]}
+    assert all("AwaitingRetry" not in body["flow_runs"]["state"].get("name", {}).get("any_", [])
+               for path, body in prefect.calls if path == "/flow_runs/filter" and "operator" not in
+               body["flow_runs"]["state"])  # the due stream leaves them out: no double count
+
+
+# --- orphanedRuns "reschedule" (#23) --------------------------------------------------------------------
+
+
+def orphan_setup(prefect: FakePrefect, ecs: FakeEcs, orphans: int = 1) -> tuple[str, str, list[str], str]:
+    (alive,) = ecs.service("prefect", "process-worker", tasks=1)
+    dead = ecs.start_task("prefect", "process-worker")
+    ecs.stop_task(dead)
+    (live_run,) = prefect.add_runs("pool-b", "gpu", 1, "RUNNING", worker=f"ecs-{alive}")
+    orphaned = prefect.add_runs("pool-b", "gpu", orphans, "RUNNING", worker=f"ecs-{dead}")
+    return alive, dead, orphaned, live_run
+
+
+def test_an_orphan_is_rescheduled_after_two_samples_and_is_demand_at_once(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    _, dead, (orphan,), live_run = orphan_setup(prefect, ecs)
+    config = parse_config({**PUBLISHER_CONTEXT, "orphanedRuns": "reschedule"})
+    warm = WarmState()
+    once = tick(config, ecs, aws, warm)
+    assert once.rescheduled_orphans == 0 and prefect.run(orphan)["state_type"] == "RUNNING"  # seen once only
+    assert published(aws["cloudwatch"], "DemandFlowRuns", **PROCESS) == 1  # the orphan is not demand
+    caplog.set_level(logging.INFO, logger="prefect_backlog")
+    logging.getLogger("prefect_backlog").addHandler(caplog.handler)
+    try:
+        twice = tick(config, ecs, aws, warm)
+    finally:
+        logging.getLogger("prefect_backlog").removeHandler(caplog.handler)
+    assert twice.rescheduled_orphans == 1 and twice.crashed == 0
+    state = prefect.run(orphan)["state"]
+    assert (state["type"], state["name"], state["forced"]) == ("SCHEDULED", "Scheduled", True)
+    assert f"ECS task {dead}" in state["message"]
+    assert prefect.run(orphan)["next_scheduled_start_time"] == NOW.isoformat()  # due now
+    assert prefect.run(live_run)["state_type"] == "RUNNING"  # a live task's run: untouched
+    cw = aws["cloudwatch"]
+    assert published(cw, "DemandFlowRuns", **PROCESS) == 2  # the live run, and the rescheduled one at once
+    assert published(cw, "RescheduledOrphanedFlowRuns", Publisher="TestPublisher") == 1
+    assert f"set orphaned run {orphan} of queues[2] pool-b/gpu back to Scheduled (ECS task {dead}" in caplog.text
+    after = tick(config, ecs, aws, warm)
+    assert after.orphaned == 0 and after.rescheduled_orphans == 0
+    assert after.queues[2].backlog is not None and after.queues[2].backlog.due == 1  # due, for a live worker
+
+
+def test_rescheduling_is_capped_per_sample(prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any]) -> None:
+    _, _, orphans, _ = orphan_setup(prefect, ecs, orphans=3)
+    config = parse_config({**PUBLISHER_CONTEXT, "orphanedRuns": "reschedule", "maxCrashesPerRun": 2})
+    warm = WarmState()
+    tick(config, ecs, aws, warm)
+    assert tick(config, ecs, aws, warm).rescheduled_orphans == 2
+    assert sorted(prefect.run(r)["state_type"] for r in orphans) == ["RUNNING", "SCHEDULED", "SCHEDULED"]
+    assert tick(config, ecs, aws, warm).rescheduled_orphans == 1  # the third, in the next sample
+
+
+@pytest.mark.parametrize(("moved_on", "touched"), [
+    ({}, True),
+    ({"state_type": "COMPLETED", "state_name": "Completed"}, False),  # finished after all
+    ({"labels": {"prefect.worker.name": "ecs-" + "f" * 32}}, False),  # another worker holds it now
+    ({"state_type": "PAUSED", "state_name": "Paused"}, False),  # moved on in its own process: something is alive
+    ({"state_type": "SCHEDULED", "state_name": "AwaitingRetry"}, False),  # waiting to retry: a worker claims it
+])
+def test_an_orphan_is_rescheduled_only_if_read_again_it_still_holds_its_dead_task(
+        prefect: FakePrefect, ecs: FakeEcs, aws: dict[str, Any], moved_on: dict[str, Any], touched: bool) -> None:
+    _, _, (orphan,), _ = orphan_setup(prefect, ecs)
+    config = parse_config({**PUBLISHER_CONTEXT, "orphanedRuns": "reschedule"})
+    warm = WarmState()
+    tick(config, ecs, aws, warm)
+
+    def move_on(_: dict[str, Any]) -> None:  # between the sample's read and the re-read before the write
+        run = prefect.run(orphan)
+        run.update(moved_on)
+        run["state"] = {**run["state"], "type": run["state_type"], "name": run["state_name"]}
+
+    prefect.faults["GET /flow_runs/{id}"] = move_on
+    report = tick(config, ecs, aws, warm)
+    assert report.rescheduled_orphans == int(touched)
+    assert (prefect.run(orphan)["state_name"] == "Scheduled") is touched
+    assert prefect.requests_to("/flow_runs/{id}/set_state") == int(touched)
+
+
+def test_orphaned_runs_crash_is_what_crash_orphaned_runs_did(prefect: FakePrefect, ecs: FakeEcs,
+                                                             aws: dict[str, Any]) -> None:
+    _, _, (orphan,), _ = orphan_setup(prefect, ecs)
+    config = parse_config({**PUBLISHER_CONTEXT, "orphanedRuns": "crash"})
+    warm = WarmState()
+    tick(config, ecs, aws, warm)
+    report = tick(config, ecs, aws, warm)
+    assert (report.crashed, report.rescheduled_orphans) == (1, 0)
+    assert prefect.run(orphan)["state_type"] == "CRASHED"

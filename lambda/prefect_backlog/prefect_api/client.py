@@ -78,3 +78,7 @@ class PrefectClient:
 
     def crash_if_orphaned(self, run_id: str, still: Callable[[RunFacts], bool], cause: str) -> bool:
         return queries.crash_if_orphaned(self.http, run_id, still, cause)
+
+    def reschedule_if_orphaned(self, run_id: str, still: Callable[[RunFacts], bool], message: str,
+                               now: datetime) -> bool:
+        return queries.reschedule_if_orphaned(self.http, run_id, still, message, now)

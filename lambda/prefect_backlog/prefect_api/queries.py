@@ -18,7 +18,7 @@ from prefect_backlog.backlog import RunFacts, is_stuck_pending
 from prefect_backlog.config import QueueConfig, queue_path
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api.runs import run_facts
-from prefect_backlog.prefect_api.transport import PrefectError, PrefectHttp, parse_time, settled
+from prefect_backlog.prefect_api.transport import PrefectError, PrefectHttp, iso, parse_time, settled
 
 
 class QueueNotFound(PrefectError):
@@ -142,12 +142,27 @@ def crash_if_orphaned(http: PrefectHttp, run_id: str, still: Callable[[RunFacts]
     return _set_state_if(http, run_id, still, {"type": "CRASHED", "name": "Crashed", "message": cause})
 
 
-def _set_state_if(http: PrefectHttp, run_id: str, still: Callable[[RunFacts], bool], state: dict[str, Any]) -> bool:
-    """Read the run again and, if ``still(run)``, propose ``state`` (not forced); True when Prefect accepted."""
+def reschedule_if_orphaned(http: PrefectHttp, run_id: str, still: Callable[[RunFacts], bool], message: str,
+                           now: datetime) -> bool:
+    """Set an orphaned run back to Scheduled, due ``now``, so a live worker runs it again; True when accepted.
+
+    Read again first and left alone unless ``still(run)``. Forced: Prefect's orchestration has no rule that
+    takes a Running (or Pending, Cancelling, Paused) flow run back to Scheduled, and this run's process is gone.
+    Checked on 3.8 and 2.18: the run keeps its labels and goes Scheduled -> Pending -> Running under the worker
+    that claims it.
+    """
+    state = {"type": "SCHEDULED", "name": "Scheduled", "message": message,
+             "state_details": {"scheduled_time": iso(now)}}
+    return _set_state_if(http, run_id, still, state, force=True)
+
+
+def _set_state_if(http: PrefectHttp, run_id: str, still: Callable[[RunFacts], bool], state: dict[str, Any], *,
+                  force: bool = False) -> bool:
+    """Read the run again and, if ``still(run)``, propose ``state``; True when Prefect accepted."""
     path = f"/flow_runs/{quote(run_id, safe='')}"
     if not still(run_facts(http.request("GET", path))):
         return False
-    result = http.request("POST", f"{path}/set_state", {"state": state, "force": False})
+    result = http.request("POST", f"{path}/set_state", {"state": state, "force": force})
     return isinstance(result, dict) and result.get("status") == "ACCEPT"
 
 

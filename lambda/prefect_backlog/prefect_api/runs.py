@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 
 from prefect_backlog.backlog import (
     DUE_STATE_NAMES,
+    IN_FLIGHT_SCHEDULED_NAMES,
     IN_FLIGHT_STATE_TYPES,
     LATE_STATE_NAME,
     PAUSED_STATE_NAME,
@@ -113,19 +114,31 @@ def _in_state(*types: str) -> dict[str, Any]:
     return {"state": {"type": {"any_": list(types)}}}
 
 
+def _in_flight_states() -> dict[str, Any]:
+    """The model's in-flight states: its state types, or its SCHEDULED-type names (AwaitingRetry), in one filter
+    (``operator: or_`` on the state filter, accepted by 2.18 and 3.x). The model tells a worker's AwaitingRetry
+    run from another's."""
+    return {"state": {"operator": "or_", "type": {"any_": list(IN_FLIGHT_STATE_TYPES)},
+                      "name": {"any_": list(IN_FLIGHT_SCHEDULED_NAMES)}}}
+
+
+# Read by the in-flight stream, so kept out of the due stream: a run read by both would be counted twice.
+_DUE_NAMES = tuple(n for n in DUE_STATE_NAMES if n not in IN_FLIGHT_SCHEDULED_NAMES)
+
+
 def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
     """Runs due now, and Scheduled runs starting within the pre-warm window: one stream, one page, per pool.
 
-    Too deep to page, it splits into Late runs and the rest: waiting (Scheduled or AwaitingRetry, due) and
-    upcoming runs, read apart only when one count of them together is not 0 (most ticks of a deep backlog
-    are Late runs and nothing else: one count instead of two).
+    Too deep to page, it splits into Late runs and the rest: waiting (Scheduled, due) and upcoming runs,
+    read apart only when one count of them together is not 0 (most ticks of a deep backlog are Late runs
+    and nothing else: one count instead of two). AwaitingRetry runs are read with the in-flight ones.
     """
     window_end = now + timedelta(seconds=prewarm_seconds)
     # Late by state name alone: a Late run is due whatever its recorded time (the model says so too), and
     # without a start-time bound each per-queue count cost the server 10-20% less (bench/run.py's
     # candidates, on 3.8.8 and 3.9.1).
     late = {"state": {"name": {"any_": [LATE_STATE_NAME]}}}
-    not_late = [n for n in DUE_STATE_NAMES if n != LATE_STATE_NAME]
+    not_late = [n for n in _DUE_NAMES if n != LATE_STATE_NAME]
     waiting = _scheduled(*not_late, before=now)
     late_part = _Stream("late", late, ("late",), per_queue=(
         _Lookup(("late", "due"), late),
@@ -137,31 +150,32 @@ def due_stream(now: datetime, prewarm_seconds: int) -> _Stream:
         upcoming = _scheduled(SCHEDULED_STATE_NAME, after=now, before=window_end)
         upcoming_part = _Stream("upcoming", upcoming, ("upcoming",), per_queue=(_Lookup(("upcoming",), upcoming),))
         counted = ("due", "upcoming")
-        # Its count also takes AwaitingRetry runs due within the window, which neither part holds: a page
-        # of them summarizes to neither, and they only make the rest look a little deeper than it is.
+        # Scheduled runs before the window's end: exactly the waiting and the upcoming ones (AwaitingRetry runs
+        # are read with the runs in flight).
         rest = _Stream("waiting+upcoming", _scheduled(*not_late, before=window_end), counted,
                        split=(waiting_part, upcoming_part))
         parts = (late_part, rest)
     # Queues of one pool with different windows are different streams, with depths of their own.
-    return _Stream("due", _scheduled(*DUE_STATE_NAMES, before=window_end), counted, split=parts,
+    return _Stream("due", _scheduled(*_DUE_NAMES, before=window_end), counted, split=parts,
                    variant=f"+{prewarm_seconds}s")
 
 
 def in_flight_stream(*, listed: bool = False) -> _Stream:
-    """Pending, Running, Cancelling and Paused runs: one stream, one page, per pool.
+    """Pending, Running, Cancelling, Paused and AwaitingRetry runs: one stream, one page, per pool.
 
     ``listed``: its runs must be known one by one (task protection needs each run's worker), so it is paged
     to the end, never counted instead: counting and then paging the same runs would cost both.
     """
+    counted = ("pending", "running", "cancelling", "paused_runs", "retrying")
     if listed:
-        return _Stream("in-flight", _in_state(*IN_FLIGHT_STATE_TYPES),
-                       ("pending", "running", "cancelling", "paused_runs"), variant="+listed")
+        return _Stream("in-flight", _in_flight_states(), counted, variant="+listed")
     pending, running, cancelling = _in_state("PENDING"), _in_state("RUNNING"), _in_state("CANCELLING")
     # Paused in their process; a Suspended run (also PAUSED) has left it. Counted by name (2.x has no
     # not_any_), listed by type and told apart by the model.
     paused = {"state": {"type": {"any_": ["PAUSED"]}, "name": {"any_": [PAUSED_STATE_NAME]}}}
-    return _Stream("in-flight", _in_state(*IN_FLIGHT_STATE_TYPES),
-                   ("pending", "running", "cancelling", "paused_runs"), split=(
+    # Counted, an AwaitingRetry run cannot be told a worker's or not: all count as waiting to retry.
+    retrying = {"state": {"name": {"any_": list(IN_FLIGHT_SCHEDULED_NAMES)}}}
+    return _Stream("in-flight", _in_flight_states(), counted, split=(
         # Stuck runs are found among the longest-waiting Pending runs; more than a page of them
         # in one queue is reported as a page.
         _Stream("pending", pending, ("pending",), in_flight=True, per_queue=(
@@ -169,7 +183,8 @@ def in_flight_stream(*, listed: bool = False) -> _Stream:
             _Lookup(("stuck_pending_ids",), pending, list_sort="EXPECTED_START_TIME_ASC", only_if="pending"))),
         _Stream("running", running, ("running",), in_flight=True, per_queue=(_Lookup(("running",), running),)),
         _Stream("stopping", _in_state("CANCELLING", "PAUSED"), ("cancelling", "paused_runs"), in_flight=True,
-                per_queue=(_Lookup(("cancelling",), cancelling), _Lookup(("paused_runs",), paused)))))
+                per_queue=(_Lookup(("cancelling",), cancelling), _Lookup(("paused_runs",), paused))),
+        _Stream("retrying", retrying, ("retrying",), in_flight=True, per_queue=(_Lookup(("retrying",), retrying),))))
 
 
 class DepthMemory:
