@@ -149,10 +149,19 @@ def is_upcoming(run: RunFacts, now: datetime, window_seconds: float) -> bool:
             and now < run.scheduled_at <= now + timedelta(seconds=window_seconds))
 
 
+# A worker's run waiting to retry whose retry time passed this long ago has no process left to propose Running
+# (its engine does so at that time): a worker must claim it, so it is due again (a task of a submit-only service
+# that died during the delay, a worker restarted). Generous: an engine proposes within a second or two.
+RETRY_START_GRACE_SECONDS = 120
+
+
 def is_due(run: RunFacts, now: datetime) -> bool:
     """Waiting for a worker to start it: Scheduled or Late, or AwaitingRetry of no worker's, and its time has come.
-    A worker's run waiting to retry is in flight instead (its own process starts it): never due, never Late."""
-    if run.state_type != "SCHEDULED" or run.state_name not in DUE_STATE_NAMES or run.retrying:
+    A worker's run waiting to retry is in flight instead (its own process starts it): never Late, and due only
+    once its retry time is more than :data:`RETRY_START_GRACE_SECONDS` past (its process is gone)."""
+    if run.retrying:
+        return run.scheduled_at is not None and (now - run.scheduled_at).total_seconds() > RETRY_START_GRACE_SECONDS
+    if run.state_type != "SCHEDULED" or run.state_name not in DUE_STATE_NAMES:
         return False
     # A Late run is due by definition, whatever its recorded time.
     return run.state_name == LATE_STATE_NAME or (run.scheduled_at is not None and run.scheduled_at <= now)

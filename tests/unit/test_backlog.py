@@ -120,7 +120,10 @@ def retry(minutes_ago: float, *, worker: str | None = "ecs-" + "a" * 32, labelle
 
 @pytest.mark.parametrize(("run_", "retrying", "due"), [
     (retry(-1), 1, 0),  # a worker's run during its retry delay: in flight
-    (retry(1), 1, 0),  # past its retry time (its engine is about to propose Running): in flight, never due
+    (retry(1), 1, 0),  # past its retry time (its engine is about to propose Running): in flight, not due
+    (retry(2), 1, 0),  # exactly RETRY_START_GRACE_SECONDS past: still in flight
+    (retry(2.01), 0, 1),  # more: no process proposed Running, a worker must claim it: due (never Late)
+    (retry(2.01, worker=None, labelled=False), 0, 1),
     (retry(-1, worker=None, labelled=False), 1, 0),  # 2.x: no labels at all, an agent's run: in flight
     (retry(1, worker=None), 0, 1),  # labels exist but no worker's: created through the API, due as before
     (retry(-1, worker=None), 0, 0),  # ... and not yet due
@@ -132,7 +135,7 @@ def test_a_workers_run_awaiting_retry_is_in_flight_never_due_nor_late(run_: RunF
                                                                      due: int) -> None:
     counts = summarize_runs([run_], ["q"], NOW, 900)["q"]
     assert (counts.retrying, counts.due, counts.late, counts.upcoming) == (retrying, due, 0, 0)
-    assert run_.in_flight is bool(retrying)
+    assert run_.in_flight is bool(retrying or run_.retrying)
     assert counts.in_flight_runs == ((run_,) if retrying else ())
 
 
