@@ -67,7 +67,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
     def new_client(read_deadline: float) -> PrefectClient:
         return PrefectClient(config.api_url, authorization=auth, deadline=read_deadline, session=session,
-                             depth_memory=WARM.depth)
+                             depth_memory=WARM.depth, ledger=WARM.ledger)
 
     reports = run_samples(config, new_client, ecs=boto3.client("ecs", config=ECS_CLIENT_CONFIG),
                           cloudwatch=boto3.client("cloudwatch"), deadline=deadline,
