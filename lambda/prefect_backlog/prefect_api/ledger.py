@@ -98,6 +98,7 @@ class RunLedger:
         self._kept: dict[Key, _Kept] = {}
         self._lock = threading.Lock()
         self.labels_seen = False  # some run read carried labels: a 3.1.6+ server (the version gate)
+        self._kept_once = False
         self.stats = LedgerStats()
 
     def forget(self) -> None:
@@ -110,7 +111,7 @@ class RunLedger:
         with self._lock:
             kept = self._kept.get(key)
             if kept is None:
-                reason = "cold" if self.labels_seen else "no labels seen"
+                reason = "no labels seen" if self._kept_once and not self.labels_seen else "cold"
             elif kept.samples_since_full + 1 >= self.resync_every:
                 reason = "resync"
             else:
@@ -121,6 +122,7 @@ class RunLedger:
     def keep(self, key: Key, runs: Sequence[RunFacts], *, full: bool) -> None:
         """Keep the Running runs of what a sample read of the stream (all of it, or its changes)."""
         with self._lock:
+            self._kept_once = True
             if any(run.labelled for run in runs):
                 self.labels_seen = True
             running = {run.id: run for run in runs if run.state_type == KEPT_STATE_TYPE}
