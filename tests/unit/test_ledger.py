@@ -10,16 +10,21 @@ deleted run, a retry that runs again with its old start time).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from prefect_backlog.backlog import QueueCounts, RunFacts
+from prefect_backlog.config import parse_config
 from prefect_backlog.prefect_api import PrefectClient, RunLedger
 from prefect_backlog.prefect_api.ledger import RESYNC_EVERY_SAMPLES
+from prefect_backlog.report import TickReport
+from prefect_backlog.tick import WarmState, run_tick
 from tests.support.clients import client, queue, resolved
-from tests.support.fake_prefect import NOW, FakePrefect, failing
+from tests.support.fake_prefect import NOW, PUBLISHER_CONTEXT, FakePrefect, failing
 
 WORKER_A, WORKER_B = "ecs-" + "a" * 32, "ecs-" + "b" * 32
 Read = dict[str, tuple[QueueCounts, tuple[RunFacts, ...]]]
@@ -211,3 +216,25 @@ def test_more_runs_than_it_keeps_are_read_in_full(prefect: FakePrefect) -> None:
         sample(ledger)
     assert ledger.stats.changes == 0 and ledger.stats.full == {"cold": 2}
 
+
+
+def test_a_sample_that_moves_runs_itself_drops_the_ledger(prefect: FakePrefect, aws: dict[str, Any]) -> None:
+    """Rescheduling (or crashing) runs is a change the publisher makes after its read: read in full next."""
+    prefect.queue("pool-b", "gpu")
+    prefect.add_runs("pool-b", "gpu", 2, "RUNNING", worker=WORKER_A)
+    prefect.add_runs("pool-b", "gpu", 1, "PENDING", worker=WORKER_A, in_state_for_minutes=20)
+    config = parse_config({**PUBLISHER_CONTEXT, "rescheduleStuckPending": True})
+    warm = WarmState()
+
+    def tick() -> TickReport:
+        c = PrefectClient(config.api_url, deadline=time.monotonic() + 20, sleep=lambda _: None,
+                          depth_memory=warm.depth, ledger=warm.ledger)
+        return run_tick(config, c, ecs=aws["ecs"], cloudwatch=None, now=NOW, warm=warm, protection="off")
+
+    assert tick().rescheduled == 1
+    assert tick().rescheduled == 0
+    # Both pools' streams (both services are protected) read in full twice: without the drop, the second
+    # sample would read them by changes.
+    assert sum(warm.ledger.stats.full.values()) == 4 and warm.ledger.stats.changes == 0
+    tick()
+    assert warm.ledger.stats.changes >= 1
