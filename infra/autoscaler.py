@@ -91,10 +91,10 @@ class PrefectBacklogPublisher(Construct):
     prefix of alarm and dashboard names; default: the enclosing stack's name), ``fast_mode``,
     ``stuck_pending_seconds``, ``reschedule_stuck_pending``, ``max_reschedules_per_run``,
     ``oldest_late_alarm_seconds``, ``unpolled_alarm_seconds``, ``alarm_email``, ``monitoring_detail``,
-    ``crash_orphaned_runs``, ``max_crashes_per_run``. ``nested_stacks`` is where alarms (and, in the
-    standalone stack, scaling) are placed, and ``parsed`` the standalone stack's parsed cdk.json, used as it
-    is so that the packaged configuration keeps cdk.json's queue order (rebuilt from the services, the queues
-    would come service by service); leave both out.
+    ``crash_orphaned_runs``, ``max_crashes_per_run``, ``full_read_every_samples``. ``nested_stacks`` is where
+    alarms (and, in the standalone stack, scaling) are placed, and ``parsed`` the standalone stack's parsed
+    cdk.json, used as it is so that the packaged configuration keeps cdk.json's queue order (rebuilt from the
+    services, the queues would come service by service); leave both out.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, prefect_api_url: str,
@@ -106,6 +106,7 @@ class PrefectBacklogPublisher(Construct):
                  oldest_late_alarm_seconds: int | None = None, unpolled_alarm_seconds: int | None = None,
                  alarm_email: str | None = None, monitoring_detail: MonitoringDetail | None = None,
                  crash_orphaned_runs: bool | None = None, max_crashes_per_run: int | None = None,
+                 full_read_every_samples: int | None = None,
                  monitoring: bool = True, nested_stacks: NestedStacks | None = None,
                  parsed: Config | None = None) -> None:
         super().__init__(scope, construct_id)

@@ -61,6 +61,7 @@ def authorization(config: Config) -> str | None:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     config = load_config()
+    WARM.ledger.resync_every = config.full_read_every_samples
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     auth = authorization(config)
     session = requests.Session()  # one connection pool for every sample of this invocation

@@ -52,6 +52,7 @@ SETTINGS: dict[str, Any] = {
     "monitoringDetail": "pool",
     "crashOrphanedRuns": True,
     "maxCrashesPerRun": 3,
+    "fullReadEverySamples": 10,
 }
 
 

@@ -238,3 +238,13 @@ def test_a_sample_that_moves_runs_itself_drops_the_ledger(prefect: FakePrefect, 
     assert sum(warm.ledger.stats.full.values()) == 4 and warm.ledger.stats.changes == 0
     tick()
     assert warm.ledger.stats.changes >= 1
+
+
+def test_full_read_every_sample_of_one_never_reads_by_changes(prefect: FakePrefect) -> None:
+    world(prefect)
+    ledger = RunLedger(resync_every=parse_config({**PUBLISHER_CONTEXT, "fullReadEverySamples": 1})
+                       .full_read_every_samples)
+    for _ in range(3):
+        sample(ledger)
+    assert ledger.stats.changes == 0 and ledger.stats.full == {"cold": 1, "resync": 2}
+    assert parse_config(PUBLISHER_CONTEXT).full_read_every_samples == RESYNC_EVERY_SAMPLES == 5

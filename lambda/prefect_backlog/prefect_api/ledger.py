@@ -52,14 +52,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_backlog.backlog import RunFacts
+from prefect_backlog.config import DEFAULT_FULL_READ_EVERY_SAMPLES
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api.transport import PrefectAuthError, PrefectError, PrefectHttp
 
 # The in-flight state whose runs are kept between samples: the long one. The others (Pending, Cancelling,
 # Paused, and whatever else the stream's filter holds) are short or rare, and read in every sample.
 KEPT_STATE_TYPE = "RUNNING"
-# Every this many samples a stream is read in full even when its counts agree (see the module docstring).
-RESYNC_EVERY_SAMPLES = 5
+# Every this many samples a stream is read in full even when its counts agree (see the module docstring);
+# the setting fullReadEverySamples (1: always in full, never by changes).
+RESYNC_EVERY_SAMPLES = DEFAULT_FULL_READ_EVERY_SAMPLES
 # More kept runs than this in one pool's stream are read in full: each warm sample sends their ids twice,
 # and a database caps the parameters of one statement (SQLite 32,766; asyncpg 32,767).
 MAX_KEPT_RUNS = 10_000
