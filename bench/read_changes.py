@@ -37,7 +37,7 @@ from typing import Any
 
 import requests
 
-from bench.world import REPO_ROOT, BenchPrefectServer
+from bench.world import BULK_ATTEMPTS, REPO_ROOT, BenchPrefectServer
 from harness.backlog import BacklogClient
 from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer
@@ -79,11 +79,17 @@ class Pool:
             body.append({"state": {"type": "RUNNING"}, "work_queue_name": self.queues[n % QUEUES],
                          "labels": {"prefect.worker.name": ecs_worker_name(self.tasks[n % len(self.tasks)])}})
         for i in range(0, len(body), BULK):
-            answer = self.c.post(f"/deployments/{self.deployment}/create_flow_run/bulk", body[i:i + BULK])
-            ids = [str(r["flow_run_id"]) for r in answer["results"] if r.get("status") == "CREATED"]
-            if len(ids) != len(body[i:i + BULK]):
-                raise RuntimeError(f"bulk create in {self.name}: {len(ids)} of {len(body[i:i + BULK])} created")
-            self.running += ids
+            batch = body[i:i + BULK]
+            for attempt in range(BULK_ATTEMPTS):  # SQLite refuses some under load ("database is locked")
+                answer = self.c.post(f"/deployments/{self.deployment}/create_flow_run/bulk", batch)
+                results = answer["results"]
+                self.running += [str(r["flow_run_id"]) for r in results if r.get("status") == "CREATED"]
+                batch = [run for run, r in zip(batch, results, strict=True) if r.get("status") != "CREATED"]
+                if not batch:
+                    break
+                time.sleep(min(0.2 * 2 ** attempt, 3.0))
+            else:
+                raise RuntimeError(f"bulk create in {self.name}: {len(batch)} runs still failing")
 
     def churn(self, count: int, sample: int) -> int:
         """Move ``count`` Running runs out (rotating kinds), bring the parked ones back, replace the ended."""
@@ -266,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             note(f"pool {pool.name}: {size} Running runs on {TASKS} workers in {seconds:.0f} s")
             for rate in rates:
                 results["scenarios"].append(scenario(server, pool, size, rate, args.ticks, note))
+                args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")  # so far
     results["total_seconds"] = time.monotonic() - began
     results["markdown"] = markdown(results)
     mismatches = [m for r in results["scenarios"] for m in r["mismatches"]]
