@@ -1,13 +1,13 @@
 """Reading by changes (#22): what a warm sample costs the Prefect server as the runs in flight grow.
 
     PYTHONPATH=lambda:. .venv/bin/python -m bench.read_changes [--sizes 50,1000,5000] [--churn 0,1,10]
-        [--ticks 6] [--prefect-venv .venvs/prefect3]     (make bench runs it after bench.run)
+        [--ticks 8] [--churn-ticks 4] [--prefect-venv .venvs/prefect3]     (make bench runs it after bench.run)
 
 One real Prefect 3.x server (``--no-services``, SQLite, 127.0.0.1). Per size N,
 a pool of 5 queues on one protected Process-worker service of 100 tasks, with N
 Running runs spread over the 100 workers (each labelled ``ecs-<task id>``, as
 a 3.1.9+ worker stamps its runs). For each churn rate, a cold sample and then
-``--ticks`` warm samples of the publisher's tick with a warm ``RunLedger``; before
+``--ticks`` (``--churn-ticks`` with churn) warm samples of the publisher's tick with a warm ``RunLedger``; before
 each, ``rate`` % of the Running runs move (rotating: Completed, AwaitingRetry,
 Cancelling, Paused, Crashed), the ones moved out of Running but not ended the
 sample before come back to Running (with their old start time), and new
@@ -37,7 +37,7 @@ from typing import Any
 
 import requests
 
-from bench.world import BULK_ATTEMPTS, REPO_ROOT, BenchPrefectServer
+from bench.world import BULK_ATTEMPTS, REPO_ROOT, BenchPrefectServer, CountingSession, endpoint
 from harness.backlog import BacklogClient
 from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer
@@ -137,19 +137,44 @@ class Side:
         self.server, self.config, self.ledger = server, config, ledger
         self.warm = WarmState()
         self.ecs = ecs_for(tasks)
-        self.session = requests.Session()
+        self.session = CountingSession()
 
     def tick(self, now: datetime) -> tuple[TickReport, dict[str, Any]]:
         client = PrefectClient(self.config.api_url, deadline=time.monotonic() + 47, session=self.session,
                                depth_memory=self.warm.depth, ledger=self.warm.ledger if self.ledger else None)
         changes, full = self.warm.ledger.stats.changes, sum(self.warm.ledger.stats.full.values())
+        self.session.sent.clear()
         cpu, wall = self.server.cpu_seconds(), time.perf_counter()
         report = run_tick(self.config, client, ecs=self.ecs, cloudwatch=None, now=now, warm=self.warm)
         sample = {"server_cpu_s": self.server.cpu_seconds() - cpu, "wall_s": time.perf_counter() - wall,
                   "requests": report.prefect_requests,
                   "read": ("changes" if self.warm.ledger.stats.changes > changes else
                            "full" if sum(self.warm.ledger.stats.full.values()) > full else "-")}
+        self.last_sent = list(self.session.sent)
         return report, sample
+
+
+REPLAY_REPEATS = 10  # /proc counts in 10 ms ticks: a request of a few ms needs several sends
+
+
+def kind_of(method: str, url: str, body: Any) -> str:
+    kind = f"{method} {endpoint(url)}"
+    ids = body.get("flow_runs", {}).get("id", {}) if isinstance(body, dict) else {}
+    return kind + (" (left: kept ids)" if "any_" in ids else " (rest: not the kept ids)" if "not_any_" in ids else "")
+
+
+def replay(server: PrefectServer, sent: Sequence[tuple[str, str, Any]]) -> dict[str, dict[str, float]]:
+    """Each request of one sample sent again ``REPLAY_REPEATS`` times, one at a time: its own server CPU (ms)."""
+    session = requests.Session()
+    kinds: dict[str, dict[str, float]] = {}
+    for method, url, body in sent:
+        cpu = server.cpu_seconds()
+        for _ in range(REPLAY_REPEATS):
+            session.request(method, url, json=body, timeout=60).raise_for_status()
+        row = kinds.setdefault(kind_of(method, url, body), {"requests": 0, "server_cpu_ms": 0.0})
+        row["requests"] += 1
+        row["server_cpu_ms"] += (server.cpu_seconds() - cpu) * 1000 / REPLAY_REPEATS
+    return kinds
 
 
 def scenario(server: PrefectServer, pool: Pool, size: int, rate: float, ticks: int,
@@ -176,6 +201,7 @@ def scenario(server: PrefectServer, pool: Pool, size: int, rate: float, ticks: i
         samples.append({"sample": i, "changed": changed, "ours": sample, "full": today,
                         "protected": len(protected), "busy_protected": busy <= protected if rate == 0 else None})
     warm = samples[1:]
+    replayed = replay(server, ours.last_sent) if rate == 0 and samples[-1]["ours"]["read"] == "changes" else {}
     by_changes = [s for s in warm if s["ours"]["read"] == "changes"]
 
     def med(rows: Sequence[dict[str, Any]], who: str, key: str) -> float:
@@ -198,6 +224,7 @@ def scenario(server: PrefectServer, pool: Pool, size: int, rate: float, ticks: i
         "samples_by_changes": len(by_changes), "warm_samples": len(warm),
         "all_busy_protected": all(s["busy_protected"] for s in warm) if rate == 0 else None,
         "ledger_full_reads": dict(ours.warm.ledger.stats.full),
+        "replayed_last_sample": replayed,
     }
     note(f"{size} in flight, {rate:g} % churn: ours {result['ours_requests_median']:.0f} req, "
          f"{result['ours_server_cpu_median_s'] * 1000:.0f} ms server CPU (by changes "
@@ -238,6 +265,15 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{big['ours_server_cpu_median_s'] / small['ours_server_cpu_median_s']:.2f}x), "
                   f"requests {big['ours_requests_by_changes_median']:.0f} against "
                   f"{small['ours_requests_by_changes_median']:.0f}."]
+    replays = [r for r in rows if r.get("replayed_last_sample")]
+    if replays:
+        lines += ["", f"The last warm sample's requests (read by changes, nothing changed), each sent again "
+                  f"{REPLAY_REPEATS} times one at a time: mean server CPU ms per request.", "",
+                  "| in flight | request | n | server CPU ms each |", "|---:|---|---:|---:|"]
+        for r in replays:
+            for kind, row in sorted(r["replayed_last_sample"].items()):
+                lines.append(f"| {r['size']:,} | `{kind}` | {row['requests']:.0f} "
+                             f"| {row['server_cpu_ms'] / row['requests']:.1f} |")
     return "\n".join(lines)
 
 
@@ -245,7 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.read_changes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="50,1000,5000", help="Running runs in flight (default 50,1000,5000)")
     parser.add_argument("--churn", default="0,1,10", help="percent of them changing per sample (default 0,1,10)")
-    parser.add_argument("--ticks", type=int, default=6, help="warm samples per scenario (default 6)")
+    parser.add_argument("--ticks", type=int, default=8, help="warm samples with nothing changed (default 8)")
+    parser.add_argument("--churn-ticks", type=int, default=4,
+                        help="warm samples of each churned scenario (default 4: making 10 %% of 5,000 runs move "
+                             "costs the server ~30 s a sample)")
     parser.add_argument("--prefect-venv", type=Path, default=REPO_ROOT / ".venvs" / "prefect3")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     args = parser.parse_args(argv)
@@ -271,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = time.monotonic() - began_seeding
             note(f"pool {pool.name}: {size} Running runs on {TASKS} workers in {seconds:.0f} s")
             for rate in rates:
-                results["scenarios"].append(scenario(server, pool, size, rate, args.ticks, note))
+                ticks = args.ticks if rate == 0 else args.churn_ticks
+                results["scenarios"].append(scenario(server, pool, size, rate, ticks, note))
                 args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")  # so far
     results["total_seconds"] = time.monotonic() - began
     results["markdown"] = markdown(results)

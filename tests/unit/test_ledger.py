@@ -21,6 +21,7 @@ from prefect_backlog.backlog import QueueCounts, RunFacts
 from prefect_backlog.config import parse_config
 from prefect_backlog.prefect_api import PrefectClient, RunLedger
 from prefect_backlog.prefect_api.ledger import RESYNC_EVERY_SAMPLES
+from prefect_backlog.prefect_api.runs import in_flight_stream
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import WarmState, run_tick
 from tests.support.clients import client, queue, resolved
@@ -131,7 +132,7 @@ def test_a_warm_sample_by_changes_equals_a_full_read_after_each_transition(prefe
     deleted = not set(runs["running"]) <= {r["id"] for r in prefect.runs}
     assert (ledger.stats.changes, ledger.stats.full.get("counts differ", 0)) == ((0, 1) if deleted else (1, 0))
 
-def test_nothing_changed_costs_a_count_and_two_empty_lists_whatever_is_running(prefect: FakePrefect) -> None:
+def test_nothing_changed_costs_a_count_and_one_empty_list_whatever_is_running(prefect: FakePrefect) -> None:
     prefect.add_runs("pool-a", "default", 450, "RUNNING", worker=WORKER_A)
     ledger = RunLedger()
     _, cold = sample(ledger)
@@ -139,16 +140,32 @@ def test_nothing_changed_costs_a_count_and_two_empty_lists_whatever_is_running(p
     before = len(prefect.calls)
     read, warm = sample(ledger)
     calls = prefect.calls[before:]
-    assert warm.requests_sent == 2 + 1 + 3  # resolution, due page, in flight: count, left, rest
-    listed = [body for path, body in calls if path == "/flow_runs/filter" and "id" in body.get("flow_runs", {})]
-    left, rest = sorted(listed, key=lambda body: "any_" not in body["flow_runs"]["id"])
-    assert len(left["flow_runs"]["id"]["any_"]) == 450 and left["flow_runs"]["state"] == {
-        "type": {"not_any_": ["RUNNING"]}}
+    assert warm.requests_sent == 2 + 1 + 2  # resolution, due page, in flight: Running count, rest
+    (rest,) = [body for path, body in calls if path == "/flow_runs/filter" and "id" in body.get("flow_runs", {})]
+    stream = in_flight_stream(listed=True).flow_runs  # whatever the model counts as in flight
+    assert rest["flow_runs"] == {**stream, "id": {"not_any_": sorted(rest["flow_runs"]["id"]["not_any_"])}}
     assert len(rest["flow_runs"]["id"]["not_any_"]) == 450
-    assert all(isinstance(body.get("limit"), int) for body in (left, rest))
+    counts = [body for path, body in calls if path == "/flow_runs/count"]
+    running = {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "work_pool_queues": rest["work_pool_queues"]}
+    assert running in counts
     default = next(iter(read.values()))
     assert default[0].running == 450 and len(default[1]) == 450  # every run still there, with its worker
     assert {r.worker_name for r in default[1]} == {WORKER_A}
+
+
+def test_a_run_that_left_costs_two_more_lists_of_few_runs(prefect: FakePrefect) -> None:
+    runs = prefect.add_runs("pool-a", "default", 300, "RUNNING", worker=WORKER_A)
+    ledger = RunLedger()
+    sample(ledger)
+    move(prefect, runs[0], "PAUSED", "Paused")
+    before = len(prefect.calls)
+    read, warm = sample(ledger)
+    assert warm.requests_sent == 2 + 1 + 2 + 2  # and: the kept runs that left, those of them still in flight
+    listed = [body["flow_runs"]["id"] for path, body in prefect.calls[before:] if path == "/flow_runs/filter"
+              and "id" in body.get("flow_runs", {})]
+    assert sorted(len(ids.get("any_") or ids.get("not_any_")) for ids in listed) == [1, 300, 300]
+    default = next(iter(read.values()))
+    assert (default[0].running, default[0].paused_runs) == (299, 1) and ledger.stats.changes == 1
 
 
 def test_a_full_read_every_few_samples_even_when_the_counts_agree(prefect: FakePrefect) -> None:

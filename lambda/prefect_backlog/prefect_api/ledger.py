@@ -5,28 +5,34 @@ worker, so the in-flight stream of those queues is read run by run. Its cost
 grew with the runs in flight, though long flows barely change between samples.
 So a :class:`RunLedger`, kept between warm invocations like the depth memory,
 holds per pool and stream the runs that were RUNNING at the last sample (id,
-queue, state, worker), and a warm sample reads, per pool:
+queue, state, worker), and a warm sample reads, per pool, at the same time:
 
-1. ``count``: ``POST /flow_runs/count`` of the stream's own filter (whatever
-   the model counts as in flight), and at the same time
-2. ``left``: the kept runs that are no longer RUNNING, by id
-   (``id.any_`` kept, ``state.type.not_any_ [RUNNING]``): every way out of
-   Running, whatever the run moved to and whether or not a time was set;
-3. ``rest``: then every run of the stream but the kept runs still Running
-   (the stream's filter and ``id.not_any_`` those): Pending, Cancelling,
-   Paused and any other state the stream holds, new Running runs however
-   they got there (a retry whose ``start_time`` was set long ago, a resume, a
-   state forced by hand), and the runs of (2) that are still in flight.
+1. ``running``: ``POST /flow_runs/count`` of the Running runs of its queues;
+2. ``rest``: every run of the stream but the kept ones (the stream's own
+   filter, whatever the model counts as in flight, and ``id.not_any_`` the
+   kept ids): Pending, Cancelling, Paused and any other state the stream
+   holds, and new Running runs however they got there (a retry whose
+   ``start_time`` was set long ago, a resume, a state forced by hand).
 
-The new set is (kept - left) + rest. Every run now in the stream is in it:
-a run not kept as Running is in ``rest`` by construction, so nothing that
-entered can be missed, and no start, end or state time is relied on. It can
-hold too many only where a kept run left the stream unseen (it was deleted):
-then ``count`` is smaller, and the sample reads in full. So when ``count``
-equals the new set's size, the set is the stream's runs, each with the state
-read (Running since the last read, or read in this sample). A cold start, a
-disagreement, a failed request, a server whose runs carry no labels, and every
-``RESYNC_EVERY_SAMPLES``-th sample read the stream in full instead.
+Every Running run of those queues is in the stream, so ``running`` less the
+Running runs of ``rest`` is how many kept runs are still Running. When that is
+all of them, the stream is the kept runs and ``rest``: no start, end or state
+time is relied on, and nothing that entered can be missed (a run not kept is
+in ``rest`` by construction). Otherwise:
+
+3. ``left``: the kept runs no longer Running (``id.any_`` kept,
+   ``state.type.not_any_ [RUNNING]``), whatever they moved to. If the kept
+   runs less these are not as many as (1) says, a kept run was deleted (no
+   read returns it) or a run moved between the reads: the sample reads in
+   full;
+4. ``back``: those of ``left`` still in the stream (its filter, ``id.any_``).
+
+The stream is then (kept - left) + rest + back, each run with the state read
+in this sample, or Running since the last. A cold start, a disagreement, a
+failed request, a server whose runs carry no labels, and every
+``RESYNC_EVERY_SAMPLES``-th sample read the stream in full instead. Changes
+made during the sample's own reads are seen on either side, as a full read's
+pages see them.
 
 What no filter sees: a kept run that leaves Running and is back in Running
 under another worker before the next sample (a resubmission completed within
@@ -168,29 +174,36 @@ def read_in_flight(http: PrefectHttp, fanout: Fanout, ledger: RunLedger, pool: s
 
 def _changes(http: PrefectHttp, fanout: Fanout, queue_ids: list[str], flow_runs: dict[str, Any],
              kept: dict[str, RunFacts], to_facts: Callable[[dict[str, Any]], RunFacts]) -> list[RunFacts] | None:
-    """(kept - left) + rest, or None when the stream's count says it is not the stream (see the module)."""
+    """(kept - left) + rest + back, or None when the counts say that is not the stream (see the module)."""
     if "id" in flow_runs:
         raise ValueError("the stream's filter already has an id filter; it cannot be read by changes")
     scope = {"work_pool_queues": {"id": {"any_": queue_ids}}}
 
-    def count() -> int:
-        return http.count({"flow_runs": flow_runs, **scope})
+    def running() -> int:
+        return http.count({"flow_runs": {"state": {"type": {"any_": [KEPT_STATE_TYPE]}}}, **scope})
 
-    def left() -> list[dict[str, Any]]:
-        if not kept:
-            return []
-        return http.paged("/flow_runs/filter", {
-            "flow_runs": {"id": {"any_": sorted(kept)}, "state": {"type": {"not_any_": [KEPT_STATE_TYPE]}}},
-            "sort": "ID_DESC"})
+    def rest() -> list[dict[str, Any]]:
+        return http.paged("/flow_runs/filter", {"flow_runs": {**flow_runs, "id": {"not_any_": sorted(kept)}},
+                                                **scope, "sort": "ID_DESC"})
 
-    def first(job: Callable[[], Any]) -> Any:
+    def call(job: Callable[[], Any]) -> Any:
         return job()
 
-    total, gone = fanout.map(first, [count, left])
-    staying = {run_id: run for run_id, run in kept.items() if run_id not in {str(r["id"]) for r in gone}}
-    rest = http.paged("/flow_runs/filter", {"flow_runs": {**flow_runs, "id": {"not_any_": sorted(staying)}},
-                                            **scope, "sort": "ID_DESC"})
-    fresh = {str(run["id"]): to_facts(run) for run in rest if str(run["id"]) not in staying}
-    if total != len(staying) + len(fresh):
-        return None
-    return [*staying.values(), *fresh.values()]
+    running_now, rest_runs = fanout.map(call, [running, rest])
+    fresh = {str(run["id"]): to_facts(run) for run in rest_runs}
+    # Every Running run of these queues is in the stream: those not kept are in ``rest``, so the others are
+    # the kept runs still Running.
+    still_running = running_now - sum(1 for run in fresh.values() if run.state_type == KEPT_STATE_TYPE)
+    if still_running == len(kept):
+        return [*kept.values(), *fresh.values()]
+    if not kept or still_running > len(kept):
+        return None  # a run entered or left between the two reads: read in full
+    left = {str(run["id"]) for run in http.paged("/flow_runs/filter", {
+        "flow_runs": {"id": {"any_": sorted(kept)}, "state": {"type": {"not_any_": [KEPT_STATE_TYPE]}}},
+        "sort": "ID_DESC"})} & set(kept)
+    if len(kept) - len(left) != still_running:
+        return None  # a kept run was deleted (no read returns it), or a race: read in full
+    back = http.paged("/flow_runs/filter", {"flow_runs": {**flow_runs, "id": {"any_": sorted(left)}}, **scope,
+                                            "sort": "ID_DESC"}) if left else []
+    staying = [run for run_id, run in kept.items() if run_id not in left]
+    return [*staying, *fresh.values(), *(to_facts(run) for run in back if str(run["id"]) not in fresh)]
