@@ -274,7 +274,18 @@ def markdown(results: dict[str, Any]) -> str:
             for kind, row in sorted(r["replayed_last_sample"].items()):
                 lines.append(f"| {r['size']:,} | `{kind}` | {row['requests']:.0f} "
                              f"| {row['server_cpu_ms'] / row['requests']:.1f} |")
+            lines.append(f"| {r['size']:,} | **the sample, one request at a time** | "
+                         f"{sum(row['requests'] for row in r['replayed_last_sample'].values()):.0f} "
+                         f"| {replay_sum(r):.1f} |")
+        by_size = {r["size"]: r for r in replays}
+        if 50 in by_size and 1000 in by_size:
+            ratio = replay_sum(by_size[1000]) / replay_sum(by_size[50])
+            lines += ["", f"Replayed, 1,000 against 50 in flight: {ratio:.2f}x the server CPU."]
     return "\n".join(lines)
+
+
+def replay_sum(row: dict[str, Any]) -> float:
+    return float(sum(kind["server_cpu_ms"] for kind in row["replayed_last_sample"].values()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
