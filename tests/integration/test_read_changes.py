@@ -52,9 +52,10 @@ class World:
             self.deployments[queue] = self.c.create_deployment(flow, f"rc-{queue}", self.pool, queue)
         self.tasks = [fake_task_id() for _ in range(4)]
 
-    def run(self, queue: str, task: str, state: str = "RUNNING") -> str:
+    def run(self, queue: str, task: str, state: str = "RUNNING", *, labelled: bool = True) -> str:
+        labels = {"labels": {"prefect.worker.name": ecs_worker_name(task)}} if labelled else {}
         run = self.c.create_run(self.deployments[queue], {"type": "SCHEDULED", "state_details": {
-            "scheduled_time": now_iso()}}, labels={"prefect.worker.name": ecs_worker_name(task)})
+            "scheduled_time": now_iso()}}, **labels)
         for step in ("PENDING", "RUNNING")[:("PENDING", "RUNNING").index(state) + 1]:
             self.c.set_state(run["id"], step)
         return str(run["id"])
@@ -97,15 +98,17 @@ def figures(report: TickReport) -> list[tuple[str, tuple[tuple[str, str], ...], 
                   if d.metric is not metrics.TICK_DURATION)
 
 
+@pytest.mark.parametrize("version", ["3", "3.9"], ids=["prefect3", "prefect39"])
 def test_under_churn_every_warm_sample_publishes_and_protects_what_a_full_read_does(
-        prefect3_server: PrefectServer) -> None:
-    w = World(prefect3_server)
+        version: str, request: pytest.FixtureRequest) -> None:
+    server: PrefectServer = request.getfixturevalue(f"prefect{version.replace('.', '')}_server")
+    w = World(server)
     t0, t1, t2, t3 = w.tasks
     running = {queue: [w.run(queue, task) for task in (t0, t1, t2) for _ in range(4)] for queue in ("a", "b")}
     a, b = running["a"], running["b"]
     pending = w.run("b", t3, state="PENDING")
     late = [w.late("a"), w.late("b")]
-    config = publisher_config(prefect3_server, w.pool)
+    config = publisher_config(server, w.pool)
     ours, full = WarmState(), WarmState()
     ours_ecs, full_ecs = ecs_with(w.tasks), ecs_with(w.tasks)
 
@@ -143,3 +146,20 @@ def test_under_churn_every_warm_sample_publishes_and_protects_what_a_full_read_d
     assert ours.ledger.stats.full == {"cold": 1, "resync": resyncs, "counts differ": 1}
     assert ours.ledger.stats.changes == len(churn) - 2 - resyncs
     assert ours_ecs.protected(CLUSTER, SERVICE) == {t0, t1, t2, t3}  # every busy task, and not the idle one
+
+
+def test_a_server_without_labels_is_read_in_full_every_sample(prefect2_server: PrefectServer) -> None:
+    """Prefect 2.18: no flow-run labels (so no task protection) and no ``state.type.not_any_``."""
+    w = World(prefect2_server)
+    for queue in ("a", "b"):
+        w.run(queue, w.tasks[0], labelled=False)  # 2.18 has no labels field
+    config = publisher_config(prefect2_server, w.pool)
+    warm = WarmState()
+    for _ in range(3):
+        client = PrefectClient(config.api_url, deadline=time.monotonic() + 30, depth_memory=warm.depth,
+                               ledger=warm.ledger)
+        report = run_tick(config, client, ecs=ecs_with(w.tasks), cloudwatch=None, now=datetime.now(UTC), warm=warm)
+        assert not report.queue_errors
+        assert [q.backlog.running for q in report.queues if q.backlog] == [1, 1]
+    assert warm.ledger.stats.changes == 0 and not warm.ledger.labels_seen
+    assert sum(warm.ledger.stats.full.values()) == 3
