@@ -58,10 +58,12 @@ integration: setup prefect-venvs
 dry-run:
 	@bash scripts/dry-run $(ARGS)
 
-## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server, server CPU included (~7 min); docs/performance.md
+## Publisher tick vs the per-queue baseline on a real Prefect 3 server and moto_server, server CPU included (~7 min),
+## then reading in-flight runs by their changes at 50 / 1,000 / 5,000 in flight (~4 min; RC_ARGS); docs/performance.md
 bench: setup
 	bash scripts/install-prefect.sh 3 .venvs/prefect3
 	$(PY) -m bench.run $(ARGS)
+	$(PY) -m bench.read_changes $(RC_ARGS)
 
 ## Three days replayed on the AWS model (harness/aws_model): the recipe, ours and a causal lower bound (~20 s)
 day-replay: setup

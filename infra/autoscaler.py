@@ -93,7 +93,7 @@ class PrefectBacklogPublisher(Construct):
     ``stuck_pending_seconds``, ``reschedule_stuck_pending``, ``max_reschedules_per_run``,
     ``oldest_late_alarm_seconds``, ``unpolled_alarm_seconds``, ``alarm_email``, ``monitoring_detail``,
     ``crash_orphaned_runs`` (older spelling of ``orphaned_runs="crash"``), ``orphaned_runs``,
-    ``max_crashes_per_run``. ``nested_stacks`` is where alarms (and, in the
+    ``max_crashes_per_run``, ``full_read_every_samples``. ``nested_stacks`` is where alarms (and, in the
     standalone stack, scaling) are placed, and ``parsed`` the standalone stack's parsed cdk.json, used as it
     is so that the packaged configuration keeps cdk.json's queue order (rebuilt from the services, the queues
     would come service by service); leave both out.
@@ -108,7 +108,7 @@ class PrefectBacklogPublisher(Construct):
                  oldest_late_alarm_seconds: int | None = None, unpolled_alarm_seconds: int | None = None,
                  alarm_email: str | None = None, monitoring_detail: MonitoringDetail | None = None,
                  crash_orphaned_runs: bool | None = None, orphaned_runs: OrphanedRuns | None = None,
-                 max_crashes_per_run: int | None = None,
+                 max_crashes_per_run: int | None = None, full_read_every_samples: int | None = None,
                  monitoring: bool = True, nested_stacks: NestedStacks | None = None,
                  parsed: Config | None = None) -> None:
         super().__init__(scope, construct_id)

@@ -57,6 +57,8 @@ DEFAULT_OLDEST_LATE_ALARM_SECONDS = 600
 # Workers poll every 10 s (2.x agents every 15 s): five quiet minutes with runs due means none is polling.
 DEFAULT_UNPOLLED_ALARM_SECONDS = 300
 DEFAULT_MAX_CRASHES_PER_RUN = 10
+# Protected queues' in-flight runs are read by their changes, and in full every this many samples (1: always).
+DEFAULT_FULL_READ_EVERY_SAMPLES = 5
 # A Scheduled run starting within this many seconds is demand already, so its task is up when it is due:
 # up to 60 s until the next sample sees it, up to 60 s until the 1-minute scale-out alarm fires, and
 # about two minutes for a Fargate task to pull its image and start.
@@ -206,6 +208,7 @@ class Config:
     monitoring_detail: MonitoringDetail = "auto"
     orphaned_runs: OrphanedRuns = "report"  # what to do with runs whose worker task is gone
     max_crashes_per_run: int = DEFAULT_MAX_CRASHES_PER_RUN  # the most orphaned runs one sample crashes or reschedules
+    full_read_every_samples: int = DEFAULT_FULL_READ_EVERY_SAMPLES  # 1: never read by changes (#22)
 
     @property
     def crash_orphaned_runs(self) -> bool:
@@ -380,6 +383,7 @@ TOP_LEVEL = Shape(build=dict, strict=False, settings=(
     Setting("crashOrphanedRuns", "crash_orphaned_runs", boolean, default=False),
     Setting("orphanedRuns", "orphaned_runs", one_of(*ORPHANED_RUNS), default="report"),
     Setting("maxCrashesPerRun", "max_crashes_per_run", integer(1), default=DEFAULT_MAX_CRASHES_PER_RUN),
+    Setting("fullReadEverySamples", "full_read_every_samples", integer(1), default=DEFAULT_FULL_READ_EVERY_SAMPLES),
 ))
 
 TOP_LEVEL_KEYS = TOP_LEVEL.keys

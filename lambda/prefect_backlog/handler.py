@@ -61,13 +61,14 @@ def authorization(config: Config) -> str | None:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     config = load_config()
+    WARM.ledger.resync_every = config.full_read_every_samples
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     auth = authorization(config)
     session = requests.Session()  # one connection pool for every sample of this invocation
 
     def new_client(read_deadline: float) -> PrefectClient:
         return PrefectClient(config.api_url, authorization=auth, deadline=read_deadline, session=session,
-                             depth_memory=WARM.depth)
+                             depth_memory=WARM.depth, ledger=WARM.ledger)
 
     reports = run_samples(config, new_client, ecs=boto3.client("ecs", config=ECS_CLIENT_CONFIG),
                           cloudwatch=boto3.client("cloudwatch"), deadline=deadline,

@@ -24,7 +24,7 @@ from prefect_backlog.backlog import QueueCounts, RunFacts, limit_reached
 from prefect_backlog.config import Config, QueueConfig, ServiceConfig
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.late_cause import FIELD_CAUSE, FIELD_DETAIL, FIELD_LATE, FIELD_QUEUE
-from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue
+from prefect_backlog.prefect_api import DepthMemory, PoolWorkers, PrefectClient, PrefectError, ResolvedQueue, RunLedger
 from prefect_backlog.protection import LABELS_WORKER, Holding, holding_runs, orphaned_in_a_row, why_unlabelled
 from prefect_backlog.remediation import crash_orphaned_runs, reschedule_orphaned_runs, reschedule_stuck_runs
 from prefect_backlog.report import QueueResult, TickReport, compute_services, late_causes, metric_data
@@ -46,6 +46,7 @@ class WarmState:
     """What a warm Lambda container keeps between samples; a cold start loses it, at a cost in calls only."""
 
     depth: DepthMemory = field(default_factory=DepthMemory)
+    ledger: RunLedger = field(default_factory=RunLedger)  # the Running runs read, for reads by changes (#22)
     protection: ProtectionLedger = field(default_factory=ProtectionLedger)
     orphaned: set[str] = field(default_factory=set)  # ids of the runs found orphaned in the last sample
     unlabelled_noted: bool = False  # told once per container that the server's runs carry no labels
@@ -318,6 +319,10 @@ def run_tick(config: Config, client: PrefectClient, *, ecs: EcsTaskClient, cloud
             report.crashed = crash_orphaned_runs(config, client, [(q, r) for q, r in step.orphaned if r.id in twice],
                                                  now)
         warm.orphaned = {run.id for _, run in step.orphaned}
+        # Read in full next time after runs this sample moved itself, and after any orphan: a run whose task died
+        # may be claimed again under another worker, a change no read by changes can see (prefect_api/ledger.py).
+        if client.ledger is not None and (report.rescheduled or report.crashed or rescheduled or step.orphaned):
+            client.ledger.forget()
         report.prefect_requests = client.requests_sent
         report.duration_ms = (time.monotonic() - started) * 1000
         if cloudwatch is not None:

@@ -53,6 +53,7 @@ SETTINGS: dict[str, Any] = {
     "crashOrphanedRuns": True,
     "orphanedRuns": "crash",  # the alias and the setting, agreeing
     "maxCrashesPerRun": 3,
+    "fullReadEverySamples": 10,
 }
 
 

@@ -1,6 +1,7 @@
 """An in-memory stand-in for the few Prefect endpoints the client uses, served through `responses`.
 
-It applies exactly the filters the client sends (state type/name ``any_``,
+It applies exactly the filters the client sends (state type/name ``any_``, state type and id ``not_any_``,
+id ``any_``,
 ``next_scheduled_start_time.before_``, queue ids, names, limit/offset), so unit
 tests can check paging, counting and error handling quickly. Whether the real
 API behaves like this is what tests/integration checks against real servers.
@@ -154,19 +155,28 @@ class FakePrefect:
     def _matching(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         if "work_pool_queues" in body:
             ids = body["work_pool_queues"]["id"]["any_"]
-        else:  # a whole pool, by name
+        elif "work_pools" in body:  # a whole pool, by name
             pools = body["work_pools"]["name"]["any_"]
             ids = [q["id"] for q in self.queues if q["work_pool_name"] in pools]
+        else:  # no scope: every run
+            ids = [q["id"] for q in self.queues]
         flow_runs = body.get("flow_runs", {})
         state = flow_runs.get("state", {})
+        run_ids = flow_runs.get("id", {})
         before = flow_runs.get("next_scheduled_start_time", {}).get("before_")
         after = flow_runs.get("next_scheduled_start_time", {}).get("after_")
         selected = []
         for run in self.runs:
             if run["work_queue_id"] not in ids:
                 continue
-            checks = [run["state_type"] in state["type"]["any_"]] if "type" in state else []
-            checks += [run["state_name"] in state["name"]["any_"]] if "name" in state else []
+            if "any_" in run_ids and run["id"] not in run_ids["any_"]:
+                continue
+            if "not_any_" in run_ids and run["id"] in run_ids["not_any_"]:
+                continue
+            kind, name = state.get("type", {}), state.get("name", {})
+            checks = [run["state_type"] in kind["any_"]] if "any_" in kind else []
+            checks += [run["state_type"] not in kind["not_any_"]] if "not_any_" in kind else []
+            checks += [run["state_name"] in name["any_"]] if "any_" in name else []
             if checks and not (any(checks) if state.get("operator") == "or_" else all(checks)):
                 continue
             if before and not (run["next_scheduled_start_time"] and run["next_scheduled_start_time"] <= before):

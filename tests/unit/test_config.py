@@ -280,6 +280,7 @@ def test_prewarm_defaults_to_a_fargate_start_and_zero_turns_it_off() -> None:
      "queues[0].taskProtection: entries for ECS service prefect/worker disagree"),
     (context(maxCrashesPerRun=0), "maxCrashesPerRun: must be at least 1"),
     (context(crashOrphanedRuns="yes"), "crashOrphanedRuns: must be true or false"),
+    (context(fullReadEverySamples=0), "fullReadEverySamples: must be at least 1"),
 ])
 def test_bad_service_settings_name_the_field(ctx: dict[str, Any], expected: str) -> None:
     assert any(p.startswith(expected) for p in problems_of(ctx)), problems_of(ctx)

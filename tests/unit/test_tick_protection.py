@@ -449,3 +449,28 @@ def test_orphaned_runs_crash_is_what_crash_orphaned_runs_did(prefect: FakePrefec
     report = tick(config, ecs, aws, warm)
     assert (report.crashed, report.rescheduled_orphans) == (1, 0)
     assert prefect.run(orphan)["state_type"] == "CRASHED"
+
+
+def test_an_orphan_makes_the_next_sample_read_in_full(prefect: FakePrefect, ecs: FakeEcs,
+                                                       aws: dict[str, Any]) -> None:
+    """A run whose task died may be claimed again under another worker, which reads by changes cannot see."""
+    dead = ecs.start_task("prefect", "process-worker")
+    ecs.service("prefect", "process-worker")
+    prefect.add_runs("pool-b", "gpu", 1, "RUNNING", worker=f"ecs-{dead}")
+    config, warm = parse_config(PUBLISHER_CONTEXT), WarmState()
+
+    def sample() -> TickReport:
+        client = PrefectClient(API, deadline=time.monotonic() + 20, sleep=lambda _: None, depth_memory=warm.depth,
+                               ledger=warm.ledger)
+        return run_tick(config, client, ecs=ecs, cloudwatch=None, now=NOW, warm=warm)
+
+    sample()
+    sample()
+    assert warm.ledger.stats.changes >= 1  # the task is alive: the second sample read by changes
+    ecs.stop_task(dead)
+    full = sum(warm.ledger.stats.full.values())
+    (gpu,) = [q for q in sample().queues if q.config.work_queue == "gpu"]
+    assert gpu.backlog is not None and gpu.backlog.orphaned == 1
+    changes = warm.ledger.stats.changes
+    sample()
+    assert warm.ledger.stats.changes == changes and sum(warm.ledger.stats.full.values()) > full

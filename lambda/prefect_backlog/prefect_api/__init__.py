@@ -1,6 +1,7 @@
 """The Prefect side of a tick: the HTTP transport, the queries (queues, workers, writes) and the run reader."""
 
 from prefect_backlog.prefect_api.client import PrefectClient
+from prefect_backlog.prefect_api.ledger import RunLedger
 from prefect_backlog.prefect_api.queries import PoolWorkers, QueueNotFound, ResolvedQueue
 from prefect_backlog.prefect_api.runs import DepthMemory
 from prefect_backlog.prefect_api.transport import (
@@ -12,4 +13,4 @@ from prefect_backlog.prefect_api.transport import (
 )
 
 __all__ = ["PAGE_SIZE", "DepthMemory", "PoolWorkers", "PrefectAuthError", "PrefectClient", "PrefectError",
-           "PrefectHttp", "QueueNotFound", "ResolvedQueue", "authorization_header"]
+           "PrefectHttp", "QueueNotFound", "ResolvedQueue", "RunLedger", "authorization_header"]

@@ -13,6 +13,7 @@ from prefect_backlog.backlog import QueueCounts, RunFacts
 from prefect_backlog.config import QueueConfig
 from prefect_backlog.fanout import Fanout
 from prefect_backlog.prefect_api import queries
+from prefect_backlog.prefect_api.ledger import RunLedger
 from prefect_backlog.prefect_api.queries import PoolWorkers, ResolvedQueue
 from prefect_backlog.prefect_api.runs import DepthMemory, QueueScope, RunReader
 from prefect_backlog.prefect_api.transport import PrefectError, PrefectHttp
@@ -23,16 +24,20 @@ class PrefectClient:
 
     Pass the same ``depth_memory`` to the clients of successive samples (the
     handler keeps one per container) so streams that were too deep to page are
-    read narrower at once. The reads run on the tick's :class:`Fanout`; called
-    without one, a read makes its own for the call.
+    read narrower at once, and the same ``ledger`` so the in-flight runs of
+    protected queues are read by their changes (``ledger.py``; None: in full).
+    The reads run on the tick's :class:`Fanout`; called without one, a read
+    makes its own for the call.
     """
 
     def __init__(self, api_url: str, *, authorization: str | None = None, deadline: float | None = None,
                  max_concurrency: int = 8, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, depth_memory: DepthMemory | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, depth_memory: DepthMemory | None = None,
+                 ledger: RunLedger | None = None) -> None:
         self.http = PrefectHttp(api_url, authorization=authorization, deadline=deadline,
                                 max_concurrency=max_concurrency, session=session, sleep=sleep)
         self.depth_memory = depth_memory or DepthMemory()
+        self.ledger = ledger
 
     @property
     def requests_sent(self) -> int:
@@ -60,7 +65,7 @@ class PrefectClient:
         queue ids whose in-flight runs are needed one by one (in ``QueueCounts.in_flight_runs``)."""
         with self._fanout(fanout) as pool:
             return RunReader(self.http, pool, self.depth_memory, now, stuck_after_seconds,
-                             prewarm, listed).read_counts(queues)
+                             prewarm, listed, self.ledger).read_counts(queues)
 
     def read_workers(self, pools: Iterable[str], fanout: Fanout | None = None) -> dict[str, PoolWorkers | PrefectError]:
         with self._fanout(fanout) as pool:

@@ -32,6 +32,7 @@ from prefect_backlog.backlog import (
     summarize_runs,
 )
 from prefect_backlog.fanout import Fanout
+from prefect_backlog.prefect_api.ledger import RunLedger, read_in_flight
 from prefect_backlog.prefect_api.transport import PAGE_SIZE, PrefectError, PrefectHttp, iso, parse_time, settled
 
 # A page of 200 full flow runs costs a Prefect server about as much as 12 counts (measured on 3.8.8
@@ -89,6 +90,7 @@ class _Stream:
     per_queue: tuple[_Lookup, ...] = ()
     in_flight: bool = False  # its runs are in flight: counted per queue, they are not listed one by one
     variant: str = ""  # told apart in the DepthMemory: the due stream of each pre-warm window
+    kept: bool = False  # read by changes between warm samples when the reader has a RunLedger (ledger.py)
 
     @property
     def depth_key(self) -> str:
@@ -168,7 +170,7 @@ def in_flight_stream(*, listed: bool = False) -> _Stream:
     """
     counted = ("pending", "running", "cancelling", "paused_runs", "retrying")
     if listed:
-        return _Stream("in-flight", _in_flight_states(), counted, variant="+listed")
+        return _Stream("in-flight", _in_flight_states(), counted, variant="+listed", kept=True)
     pending, running, cancelling = _in_state("PENDING"), _in_state("RUNNING"), _in_state("CANCELLING")
     # Paused in their process; a Suspended run (also PAUSED) has left it. Counted by name (2.x has no
     # not_any_), listed by type and told apart by the model.
@@ -227,9 +229,10 @@ class RunReader:
 
     def __init__(self, http: PrefectHttp, fanout: Fanout, depth_memory: DepthMemory, now: datetime,
                  stuck_after_seconds: float, prewarm: Mapping[str, int] | None = None,
-                 listed: Collection[str] = ()) -> None:
+                 listed: Collection[str] = (), ledger: RunLedger | None = None) -> None:
         """``prewarm``: each queue id's pre-warm window in seconds (absent: 0, no upcoming runs).
-        ``listed``: the queue ids whose in-flight runs must be read one by one, whatever their depth."""
+        ``listed``: the queue ids whose in-flight runs must be read one by one, whatever their depth.
+        ``ledger``: kept between warm samples, so listed in-flight runs are read by changes (None: in full)."""
         self.http = http
         self.fanout = fanout
         self.depth_memory = depth_memory
@@ -237,6 +240,7 @@ class RunReader:
         self.stuck_after_seconds = stuck_after_seconds
         self.prewarm = dict(prewarm or {})
         self.listed = frozenset(listed)
+        self.ledger = ledger
 
     def read_counts(self, queues: Iterable[QueueScope]) -> dict[str, QueueCounts | PrefectError]:
         """Per queue id: its run counts, or the error that kept them from being read.
@@ -277,6 +281,10 @@ class RunReader:
         nothing more is read when the count is 0. A stream read narrower last
         time (``depth_memory``) is read narrower at once, with no page or total.
         """
+        if self.ledger is not None and stream.kept and not (stream.split or stream.per_queue):
+            return self._summarize(read_in_flight(self.http, self.fanout, self.ledger, pool, queue_ids,
+                                                  stream.flow_runs, lambda: self._page_all(queue_ids, stream.flow_runs),
+                                                  run_facts), queue_ids)
         if self.depth_memory.is_deep(pool, stream.depth_key):
             counts = self._read_narrower(pool, queue_ids, stream, total=None)
             total = sum(stream.runs_in(read) for read in counts.values())
@@ -301,6 +309,11 @@ class RunReader:
             self.depth_memory.remember(pool, stream.depth_key, deep=True)
             return self._read_narrower(pool, queue_ids, stream, total=total)
 
+        return self._summarize(map(run_facts, self._rest_of_pages(page_at, runs, total)), queue_ids)
+
+    def _rest_of_pages(self, page_at: Callable[[int], list[dict[str, Any]]], runs: list[dict[str, Any]],
+                       total: int) -> list[dict[str, Any]]:
+        """The pages after ``runs`` (what was read so far), at the same time, the stream holding ``total``."""
         pages_left = math.ceil(max(total - len(runs), 0) / PAGE_SIZE)
         last_page: list[dict[str, Any]] = runs
         for page in self.fanout.map(page_at, [len(runs) + PAGE_SIZE * i for i in range(pages_left)]):
@@ -310,7 +323,20 @@ class RunReader:
         while len(last_page) == PAGE_SIZE:
             last_page = page_at(len(runs))
             runs.extend(last_page)
-        return self._summarize(map(run_facts, runs), queue_ids)
+        return runs
+
+    def _page_all(self, queue_ids: list[str], flow_runs: dict[str, Any]) -> list[RunFacts]:
+        """Every run of a stream that is never read narrower: one page, and when full a total and the rest."""
+        scope = {"work_pool_queues": {"id": {"any_": queue_ids}}}
+        body = {"flow_runs": flow_runs, **scope, "sort": "ID_DESC"}
+
+        def page_at(offset: int) -> list[dict[str, Any]]:
+            return self.http.items("/flow_runs/filter", {**body, "limit": PAGE_SIZE, "offset": offset})
+
+        runs = page_at(0)
+        if len(runs) == PAGE_SIZE:
+            runs = self._rest_of_pages(page_at, runs, self.http.count({"flow_runs": flow_runs, **scope}))
+        return [run_facts(run) for run in runs]
 
     def _read_narrower(self, pool: str, queue_ids: list[str], stream: _Stream, *,
                        total: int | None) -> dict[str, QueueCounts]:
