@@ -304,14 +304,20 @@ def test_with_the_publisher_sampling_the_task_stays_protected_from_the_claim_unt
                 time.sleep(0.05)
             assert endpoints.protection_puts(), worker.read_log()[-3000:]
             samples = 0
-            while c.get_run(run_id)["state"]["type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+            terminal = ("COMPLETED", "FAILED", "CRASHED")
+            while c.get_run(run_id)["state"]["type"] not in terminal:
                 tick()  # every second, from right after the claim (the run may not be labelled yet)
+                tick_ended = datetime.now(UTC)
                 samples += 1
-                assert task_id in ecs.protected(cluster, service), samples
+                if task_id not in ecs.protected(cluster, service):
+                    # Released: only right if the run ended before this sample was over (it may end between the
+                    # loop's look and the sample's read: that sample rightly sees the task idle).
+                    run = c.get_run(run_id)
+                    assert run["state"]["type"] in terminal, (samples, run["state"])
+                    assert datetime.fromisoformat(run["end_time"]) <= tick_ended, (samples, run["end_time"])
+                    break
                 time.sleep(1)
             assert samples >= 5
-            releases = [a for op, a in ecs.calls if op == "UpdateTaskProtection" and not a["protectionEnabled"]]
-            assert releases == []  # never released while the run was in flight
             time.sleep(3)  # the run's process exits; the worker holds nothing and stops PUTting
             for _ in range(2):
                 tick()
