@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from harness.backlog import BacklogClient
 from harness.prefect_server import PrefectServer
+from harness.process_worker import ProcessWorker, create_local_deployment, ecs_worker_name, fake_task_id, write_flows
 from tests.support.moto_aws import MotoAws
 from tests.support.publisher_log import LogRecords
 
@@ -120,3 +122,30 @@ def publisher_log() -> Iterator[LogRecords]:
     finally:
         target.removeHandler(capture)
         target.setLevel(previous)
+
+
+QueueWorkers = dict[str, tuple[str, str, ProcessWorker]]  # queue -> (deployment id, task id, its worker)
+
+
+@contextmanager
+def workers_per_queue(server: PrefectServer, venv: Path, prefix: str,
+                      tmp_path: Path) -> Iterator[tuple[BacklogClient, str, QueueWorkers]]:
+    """Pool ``<prefix>-<id>`` with queues a and b, a deployment for each, and a real Process worker per queue
+    named after its (fake) ECS task; the workers are killed on the way out."""
+    c = BacklogClient(server.api_url)
+    pool = f"{prefix}-{fake_task_id()[:8]}"
+    c.create_pool(pool, type="process")
+    flows = write_flows(tmp_path / "flows")
+    started: QueueWorkers = {}
+    try:
+        for queue in ("a", "b"):
+            c.create_queue(pool, queue)
+            deployment = create_local_deployment(c, pool, queue, flows, "sleepy", name=f"sleepy-{queue}")
+            task = fake_task_id()
+            worker = ProcessWorker(venv, server.api_url, pool, ecs_worker_name(task), limit=1,
+                                   work_queues=[queue], query_seconds=1, prefetch_seconds=0)
+            started[queue] = (deployment, task, worker.start())
+        yield c, pool, started
+    finally:
+        for _, _, worker in started.values():
+            worker.cleanup(graceful=False)

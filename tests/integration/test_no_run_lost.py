@@ -41,7 +41,6 @@ from harness.process_worker import (
     scheduled_now,
     wait_for_run,
     wait_for_state,
-    write_flows,
 )
 from harness.processes import prefect_environment
 from prefect_backlog.config import Config, parse_config
@@ -49,6 +48,7 @@ from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.prefect_api.queries import reschedule_if_orphaned
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import WarmState, run_tick
+from tests.integration.conftest import workers_per_queue
 from tests.support.moto_aws import PUBLISHER
 
 if TYPE_CHECKING:
@@ -205,23 +205,8 @@ def test_on_2_18_an_agents_run_waiting_to_retry_is_its_services_demand(
 def two_workers(prefect3_server: PrefectServer, prefect_venv_for: Callable[[str], Path], tmp_path: Path,
                 ) -> Iterator[tuple[BacklogClient, str, Path, dict[str, tuple[str, str, ProcessWorker]]]]:
     venv = prefect_venv_for("3")
-    c = BacklogClient(prefect3_server.api_url)
-    pool = f"rs-{fake_task_id()[:8]}"
-    c.create_pool(pool, type="process")
-    flows = write_flows(tmp_path / "flows")
-    started: dict[str, tuple[str, str, ProcessWorker]] = {}
-    try:
-        for queue in ("a", "b"):
-            c.create_queue(pool, queue)
-            deployment = create_local_deployment(c, pool, queue, flows, "sleepy", name=f"sleepy-{queue}")
-            task = fake_task_id()
-            worker = ProcessWorker(venv, prefect3_server.api_url, pool, ecs_worker_name(task), limit=1,
-                                   work_queues=[queue], query_seconds=1, prefetch_seconds=0)
-            started[queue] = (deployment, task, worker.start())
+    with workers_per_queue(prefect3_server, venv, "rs", tmp_path) as (c, pool, started):
         yield c, pool, venv, started
-    finally:
-        for _, _, worker in started.values():
-            worker.cleanup(graceful=False)
 
 
 def test_orphaned_runs_are_rescheduled_after_two_samples_and_run_by_a_live_worker(

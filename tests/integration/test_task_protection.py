@@ -25,17 +25,14 @@ from harness.fake_ecs import FakeEcs
 from harness.prefect_server import PrefectServer
 from harness.process_worker import (
     ProcessWorker,
-    create_local_deployment,
-    ecs_worker_name,
-    fake_task_id,
     scheduled_now,
     wait_for_state,
-    write_flows,
 )
 from prefect_backlog.config import Config, parse_config
 from prefect_backlog.prefect_api import PrefectClient
 from prefect_backlog.report import TickReport
 from prefect_backlog.tick import WarmState, run_tick
+from tests.integration.conftest import workers_per_queue
 from tests.support.moto_aws import PUBLISHER
 
 if TYPE_CHECKING:
@@ -55,24 +52,8 @@ def tick(config: Config, ecs: FakeEcs, aws: MotoAws, warm: WarmState) -> TickRep
 def workers(prefect3_server: PrefectServer, prefect_venv_for: Callable[[str], Path], tmp_path: Path,
             ) -> Iterator[tuple[BacklogClient, str, dict[str, tuple[str, str, ProcessWorker]]]]:
     """Pool ``tp-<id>`` with queues a and b, a deployment for each, and a worker per queue named after its task."""
-    venv = prefect_venv_for("3")
-    c = BacklogClient(prefect3_server.api_url)
-    pool = f"tp-{fake_task_id()[:8]}"
-    c.create_pool(pool, type="process")
-    flows = write_flows(tmp_path / "flows")
-    started: dict[str, tuple[str, str, ProcessWorker]] = {}
-    try:
-        for queue in ("a", "b"):
-            c.create_queue(pool, queue)
-            deployment = create_local_deployment(c, pool, queue, flows, "sleepy", name=f"sleepy-{queue}")
-            task = fake_task_id()
-            worker = ProcessWorker(venv, prefect3_server.api_url, pool, ecs_worker_name(task), limit=1,
-                                   work_queues=[queue], query_seconds=1, prefetch_seconds=0)
-            started[queue] = (deployment, task, worker.start())
-        yield c, pool, started
-    finally:
-        for _, _, worker in started.values():
-            worker.cleanup(graceful=False)
+    with workers_per_queue(prefect3_server, prefect_venv_for("3"), "tp", tmp_path) as made:
+        yield made
 
 
 def test_busy_tasks_are_protected_released_when_idle_and_an_orphan_is_reported_then_crashed(
