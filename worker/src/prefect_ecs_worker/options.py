@@ -7,7 +7,7 @@ through to ``prefect worker start`` unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prefect_ecs_worker.ecs import AGENT_ENV, METADATA_ENV
@@ -136,19 +136,20 @@ def read_environment(env: Mapping[str, str]) -> Environment:
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = (env.get(name) or "").strip()
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise Refusal(f"prefect-ecs-worker: {name}={raw!r} is not a whole number.") from None
+    return int(_number(env, name, default, int, "a whole number"))
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, "a number")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, convert: Callable[[str], float], what: str) -> float:
+    """``name`` from the environment through ``convert``, ``default`` when unset or blank; a Refusal naming it."""
     raw = (env.get(name) or "").strip()
     try:
-        return float(raw) if raw else default
+        return convert(raw) if raw else default
     except ValueError:
-        raise Refusal(f"prefect-ecs-worker: {name}={raw!r} is not a number.") from None
+        raise Refusal(f"prefect-ecs-worker: {name}={raw!r} is not {what}.") from None
 
 
 def check_environment(environment: Environment, unprotected: bool) -> None:
